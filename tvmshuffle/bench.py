@@ -1,0 +1,170 @@
+"""Load an artifact, run it, check its numerics and time it; time the peers the same way.
+
+Measures and returns data; never prints (report.py formats).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .errors import BadInputError, NumericsError
+from .export import MANIFEST_NAME, REFERENCE_NAME, sha256
+from .target import TargetConfig
+
+DEFAULT_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Per-inference latency over ``samples`` timed repeats, in milliseconds."""
+
+    median_ms: float
+    p90_ms: float
+    min_ms: float
+    mean_ms: float
+    samples: int
+
+    @classmethod
+    def from_seconds(cls, seconds: list[float]) -> "Latency":
+        ms = sorted(s * 1e3 for s in seconds)
+        p90 = ms[min(len(ms) - 1, int(round(0.9 * (len(ms) - 1))))]
+        return cls(statistics.median(ms), p90, ms[0], statistics.fmean(ms), len(ms))
+
+    def as_json(self) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    manifest: dict
+    input: np.ndarray
+    expected: tuple[np.ndarray, ...]
+
+    @property
+    def library(self) -> Path:
+        return self.path / self.manifest["library"]["file"]
+
+    @property
+    def target(self) -> TargetConfig:
+        spec = self.manifest["target"]["tvm"]
+        return TargetConfig(self.manifest["target"]["name"],
+                            tuple((k, tuple(v) if isinstance(v, list) else v)
+                                  for k, v in spec.items()))
+
+
+@dataclass(frozen=True)
+class RunResult:
+    max_abs_err: float
+    latency: Latency
+    threads: int
+
+
+def load_artifact(out_dir: Path) -> Artifact:
+    """Read an artifact directory written by ``export.write_artifact``; check its library."""
+    manifest_path = out_dir / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise BadInputError(f"{out_dir} is not a tvmshuffle artifact: no {MANIFEST_NAME} "
+                            "(make one with `tvmshuffle compile`)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        library = out_dir / manifest["library"]["file"]
+        reference = np.load(out_dir / manifest["reference"]["file"])
+        expected = tuple(reference[f"output_{i}"] for i in range(len(manifest["outputs"])))
+        x = reference["input"]
+    except (OSError, ValueError, KeyError) as err:
+        raise BadInputError(f"{out_dir}: damaged artifact ({type(err).__name__}: {err})") from err
+    if not library.is_file() or sha256(library) != manifest["library"]["sha256"]:
+        raise BadInputError(f"{library} is missing or does not match the sha256 in "
+                            f"{manifest_path}: recompile")
+    return Artifact(out_dir, manifest, x, expected)
+
+
+def set_threads(threads: int) -> None:
+    """Size TVM's thread pool (mode 1: plain workers, no little-core pinning)."""
+    tvm.get_global_func("runtime.config_threadpool")(1, threads)
+
+
+def max_abs_error(outputs: list[np.ndarray], expected: tuple[np.ndarray, ...]) -> float:
+    if len(outputs) != len(expected):
+        raise NumericsError(f"module returned {len(outputs)} outputs, reference has "
+                            f"{len(expected)}")
+    worst = 0.0
+    for got, want in zip(outputs, expected):
+        if got.shape != want.shape:
+            raise NumericsError(f"output shape {got.shape} differs from reference {want.shape}")
+        worst = max(worst, float(np.max(np.abs(got.astype(np.float64) - want))))
+    return worst
+
+
+def _flatten(value) -> list[np.ndarray]:
+    if isinstance(value, (tuple, list)) or type(value).__name__ == "Array":
+        return [v for item in value for v in _flatten(item)]
+    return [value.numpy()]
+
+
+def run_local(artifact: Artifact, threads: int = 1, repeat: int = 30, number: int = 1,
+              tolerance: float = DEFAULT_TOLERANCE) -> RunResult:
+    """Run the artifact in this process: check it against the reference, then time it.
+
+    A wrong result raises NumericsError before any latency is measured.
+    """
+    if not artifact.target.runs_on_host:
+        raise BadInputError(f"{artifact.path} was built for {artifact.target.triple}, which "
+                            "cannot run on this machine: use `tvmshuffle deploy` with a device")
+    set_threads(threads)
+    dev = tvm.cpu()
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(artifact.library)), dev)
+    x = tvm.runtime.tensor(artifact.input, dev)
+    err = max_abs_error(_flatten(vm["main"](x)), artifact.expected)
+    if not err <= tolerance:
+        raise NumericsError(f"max abs error {err:.3g} exceeds tolerance {tolerance:g}: "
+                            "the compiled module disagrees with the reference")
+    timer = vm.time_evaluator("main", dev, number=number, repeat=repeat)
+    # one untimed call first: page in weights, warm caches
+    timer(x)
+    return RunResult(err, Latency.from_seconds(list(timer(x).results)), threads)
+
+
+def time_callable(fn: Callable[[], object], repeat: int = 30, number: int = 1,
+                  warmup: int = 3) -> Latency:
+    """Median/p90/min of ``fn`` per call, for the peers (PyTorch, ONNX Runtime)."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        samples.append((time.perf_counter() - start) / number)
+    return Latency.from_seconds(samples)
+
+
+def torch_runner(module, x: np.ndarray, threads: int) -> Callable[[], object]:
+    import torch
+
+    torch.set_num_threads(threads)
+    tensor = torch.from_numpy(x)
+
+    def run():
+        with torch.inference_mode():
+            return module(tensor)
+
+    return run
+
+
+def onnxruntime_runner(path: Path, input_name: str, x: np.ndarray,
+                       threads: int) -> Callable[[], object]:
+    from .frontends import onnxruntime_session
+
+    session = onnxruntime_session(path, threads)
+    return lambda: session.run(None, {input_name: x})

@@ -1,0 +1,117 @@
+"""Build an optimized Relax module for a target and write the deployable artifact.
+
+An artifact directory holds ``model.so`` (the exported Relax VM executable with its weights
+embedded as constants), ``manifest.json`` (what it is and how it was made), ``reference.npz``
+(the fixed input and the host reference's outputs, so any later run, local or on a device, can
+check numerics without PyTorch or the model file), and with ``dump_ir`` the final IRModule as
+TVMScript in ``final_ir.py``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tvm
+
+from . import __version__, frontends, pipeline
+from .errors import BadInputError, BuildError, first_line
+from .flops import FlopReport
+from .target import TargetConfig
+
+log = logging.getLogger(__name__)
+
+SO_NAME = "model.so"
+MANIFEST_NAME = "manifest.json"
+REFERENCE_NAME = "reference.npz"
+IR_NAME = "final_ir.py"
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    target: TargetConfig
+
+
+@dataclass(frozen=True)
+class Compiled:
+    executable: tvm.runtime.Executable
+    final_mod: tvm.IRModule
+    kernels: tuple[str, ...]
+
+
+def compile_module(mod: tvm.IRModule, config: CompileConfig) -> Compiled:
+    """Lower ``mod`` (already through the graph passes) with TVM's pipeline and build it."""
+    target = config.target.tvm_target
+    try:
+        final = pipeline.lower(mod, target)
+        executable = tvm.compile(final, target=target, relax_pipeline=None)
+    except Exception as err:  # TVM raises InternalError, TVMError, ValueError...
+        raise BuildError(f"TVM failed to build for {target}: {first_line(err)}") from err
+    return Compiled(executable, final, tuple(pipeline.kernel_names(final)))
+
+
+def prepare_out_dir(out_dir: Path) -> Path:
+    """Create ``out_dir`` or fail with one clear line before any long work starts."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir):
+            pass
+    except OSError as err:
+        raise BadInputError(f"output directory {out_dir} is not writable: "
+                            f"{err.strerror or err}") from err
+    return out_dir
+
+
+def write_artifact(out_dir: Path, compiled: Compiled, model: frontends.ImportedModel,
+                   config: CompileConfig, flops: FlopReport, dump_ir: bool = False) -> dict:
+    """Export the library, reference data and manifest into ``out_dir``; return the manifest."""
+    so_path = out_dir / SO_NAME
+    try:
+        compiled.executable.export_library(str(so_path))
+    except Exception as err:
+        raise BuildError(f"exporting {so_path} failed: {first_line(err)}") from err
+
+    x = frontends.fixed_input(model.input_shape, model.dtype)
+    outputs = model.reference(x)
+    np.savez(out_dir / REFERENCE_NAME, input=x,
+             **{f"output_{i}": out for i, out in enumerate(outputs)})
+    if dump_ir:
+        (out_dir / IR_NAME).write_text(compiled.final_mod.script())
+
+    manifest = {
+        "model": model.name,
+        "source": {"kind": model.kind, "path": model.source},
+        "input": {"name": model.input_name, "shape": list(model.input_shape),
+                  "dtype": model.dtype},
+        "outputs": [{"shape": list(o.shape), "dtype": str(o.dtype)} for o in outputs],
+        "reference": {"engine": model.reference_engine, "file": REFERENCE_NAME},
+        "target": config.target.as_json(),
+        "tvm_version": tvm.__version__,
+        "tvmshuffle_version": __version__,
+        "flops": {"macs": flops.macs, "mflops": round(flops.mflops, 3),
+                  "by_kind": flops.by_kind()},
+        "library": {"file": SO_NAME, "sha256": sha256(so_path),
+                    "bytes": so_path.stat().st_size},
+        "kernels": list(compiled.kernels),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    tmp = out_dir / (MANIFEST_NAME + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, out_dir / MANIFEST_NAME)
+    return manifest
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+

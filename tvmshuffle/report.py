@@ -1,0 +1,111 @@
+"""The only formatter: rich tables and progress for people, JSON for machines.
+
+Tables and JSON go to stdout; progress and status go to stderr, so ``--json`` output stays
+parseable while a person still sees what is happening.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from typing import Iterator
+
+from rich.console import Console
+from rich.table import Table
+
+from .flops import FlopReport
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+
+def emit_json(data: object) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def step(message: str, quiet: bool = False) -> Iterator[None]:
+    """A spinner on stderr while one long stage runs (import, build, export)."""
+    if quiet or not err.is_terminal:
+        yield
+        return
+    with err.status(message):
+        yield
+
+
+def models_table(rows: list[dict]) -> None:
+    table = Table(title="tvmshuffle model zoo (224x224)")
+    table.add_column("model")
+    table.add_column("family")
+    table.add_column("MFLOPs", justify="right")
+    table.add_column("params (M)", justify="right")
+    for row in rows:
+        table.add_row(row["name"], row["family"], f"{row['mflops']:.1f}",
+                      f"{row['params'] / 1e6:.2f}")
+    out.print(table)
+
+
+def flops_json(model: str, input_shape: tuple[int, ...], report: FlopReport,
+               per_layer: bool) -> dict:
+    data = {"model": model, "input_shape": list(input_shape), "macs": report.macs,
+            "mflops": round(report.mflops, 3), "by_kind": report.by_kind()}
+    if per_layer:
+        data["layers"] = [{"op": layer.op, "kind": layer.kind, "out_shape": list(layer.out_shape),
+                           "macs": layer.macs} for layer in report.layers]
+    return data
+
+
+def flops_table(model: str, input_shape: tuple[int, ...], report: FlopReport,
+                per_layer: bool) -> None:
+    if per_layer:
+        table = Table(title=f"{model}: layers")
+        for column in ("#", "kind", "output", "MFLOPs"):
+            table.add_column(column, justify="right" if column in ("#", "MFLOPs") else "left")
+        for i, layer in enumerate(report.layers):
+            table.add_row(str(i), layer.kind, "x".join(map(str, layer.out_shape)),
+                          f"{layer.macs / 1e6:.2f}")
+        out.print(table)
+    table = Table(title=f"{model} at {'x'.join(map(str, input_shape))}: multiply-adds")
+    table.add_column("kind")
+    table.add_column("MFLOPs", justify="right")
+    table.add_column("share", justify="right")
+    total = report.macs or 1
+    for kind, macs in sorted(report.by_kind().items(), key=lambda kv: -kv[1]):
+        table.add_row(kind, f"{macs / 1e6:.2f}", f"{100 * macs / total:.1f}%")
+    table.add_row("[bold]total[/bold]", f"[bold]{report.mflops:.2f}[/bold]", "100%")
+    out.print(table)
+
+
+def compile_summary(manifest: dict, out_dir: str) -> None:
+    out.print(f"[bold green]compiled[/bold green] {manifest['model']} for "
+              f"{manifest['target']['name']} ({manifest['target']['str']})")
+    shape = "x".join(map(str, manifest["input"]["shape"]))
+    out.print(f"  input {manifest['input']['name']} {shape} {manifest['input']['dtype']}, "
+              f"{manifest['flops']['mflops']:.1f} MFLOPs, {len(manifest['kernels'])} kernels")
+    out.print(f"  {out_dir}/{manifest['library']['file']} "
+              f"({manifest['library']['bytes'] / 1e6:.1f} MB), {out_dir}/manifest.json")
+
+
+def run_json(manifest: dict, result) -> dict:
+    return {
+        "model": manifest["model"],
+        "target": manifest["target"]["name"],
+        "input_shape": manifest["input"]["shape"],
+        "reference_engine": manifest["reference"]["engine"],
+        "max_abs_err": result.max_abs_err,
+        "threads": result.threads,
+        "latency_ms": result.latency.as_json(),
+    }
+
+
+def run_table(manifest: dict, result) -> None:
+    lat = result.latency
+    table = Table(title=f"{manifest['model']} on {manifest['target']['name']}, "
+                        f"{result.threads} thread(s)")
+    for column in ("max abs err", "median ms", "p90 ms", "min ms", "runs"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{result.max_abs_err:.2e}", f"{lat.median_ms:.3f}", f"{lat.p90_ms:.3f}",
+                  f"{lat.min_ms:.3f}", str(lat.samples))
+    out.print(table)
+    out.print(f"numerics checked against {manifest['reference']['engine']}: ok")
