@@ -17,7 +17,7 @@ import tvm
 from tvm import relax
 
 from .errors import BadInputError, NumericsError
-from .export import MANIFEST_NAME, REFERENCE_NAME, sha256
+from .export import MANIFEST_NAME, sha256
 from .target import TargetConfig
 
 DEFAULT_TOLERANCE = 1e-4

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .errors import TvmShuffleError
+from .errors import BadInputError, TvmShuffleError
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +31,9 @@ class _Group(click.Group):
 def _input_size(ctx, param, value):
     from .frontends import parse_input_size
 
-    if value is None:
-        return None
-    try:
-        return parse_input_size(value)
-    except TvmShuffleError as err:
-        raise click.BadParameter(str(err)) from err
+    # A BadInputError (not click.BadParameter) so that it reads as one line like every other
+    # input error.
+    return None if value is None else parse_input_size(value)
 
 
 MODEL_HELP = ("MODEL is a zoo name (see `tvmshuffle models`), an .onnx file or a .pt2 file saved "
@@ -76,7 +73,7 @@ def models(pattern: str | None, as_json: bool) -> None:
 
     names = [n for n in zoo.model_names() if pattern is None or fnmatch.fnmatch(n, pattern)]
     if not names:
-        raise click.BadParameter(f"no zoo model matches '{pattern}'", param_hint="PATTERN")
+        raise BadInputError(f"no zoo model matches '{pattern}'")
     rows = []
     with report.step("counting FLOPs", quiet=as_json):
         for name in names:
@@ -123,19 +120,14 @@ def flops_cmd(model: str, input_size, per_layer: bool, as_json: bool) -> None:
 def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dump_ir,
                 as_json) -> None:
     """Import MODEL, optimize it and build OUT/model.so with OUT/manifest.json."""
-    from . import export, flops, frontends, pipeline, report, target
+    from . import export, frontends, report, target
 
     config = export.CompileConfig(target.resolve(target_name, device))
     export.prepare_out_dir(out_dir)
     with report.step(f"importing {model}", quiet=as_json):
         imported = frontends.load(frontends.ModelSpec(model, input_size, state_dict))
-    with report.step("graph passes", quiet=as_json):
-        optimized = pipeline.optimize(imported.mod)
-    with report.step(f"building for {config.target.name}", quiet=as_json):
-        compiled = export.compile_module(optimized, config)
-    with report.step(f"writing {out_dir}", quiet=as_json):
-        manifest = export.write_artifact(out_dir, compiled, imported, config,
-                                         flops.count(optimized), dump_ir)
+    with report.step(f"building for {config.target.name} into {out_dir}", quiet=as_json):
+        manifest = export.build_artifact(imported, config, out_dir, dump_ir)
     if as_json:
         report.emit_json(manifest)
     else:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from . import __version__, frontends, pipeline
+from . import __version__, flops, frontends, pipeline
 from .errors import BadInputError, BuildError, first_line
 from .flops import FlopReport
 from .target import TargetConfig
@@ -106,6 +106,15 @@ def write_artifact(out_dir: Path, compiled: Compiled, model: frontends.ImportedM
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, out_dir / MANIFEST_NAME)
     return manifest
+
+
+def build_artifact(model: frontends.ImportedModel, config: CompileConfig, out_dir: Path,
+                   dump_ir: bool = False) -> dict:
+    """Graph passes, build and export of an imported model into ``out_dir``: its manifest."""
+    prepare_out_dir(out_dir)
+    optimized = pipeline.optimize(model.mod)
+    compiled = compile_module(optimized, config)
+    return write_artifact(out_dir, compiled, model, config, flops.count(optimized), dump_ir)
 
 
 def sha256(path: Path) -> str:

@@ -28,12 +28,13 @@ class DevicePreset:
     mcpu: str | None  # as LLVM names it; None when LLVM has no exact model of the core
 
 
+# Cores of the fast cluster, where a tuned model is meant to run.
 DEVICE_PRESETS = {
     "snapdragon820": DevicePreset(4, "kryo"),
-    "snapdragon835": DevicePreset(8, "cortex-a73"),
-    "snapdragon855": DevicePreset(8, "cortex-a76"),
-    "snapdragon865": DevicePreset(8, "cortex-a77"),
-    "rk3399": DevicePreset(6, "cortex-a72"),
+    "snapdragon835": DevicePreset(4, "cortex-a73"),
+    "snapdragon855": DevicePreset(4, "cortex-a76"),
+    "snapdragon865": DevicePreset(4, "cortex-a77"),
+    "rk3399": DevicePreset(2, "cortex-a72"),
     "rpi4": DevicePreset(4, "cortex-a72"),
     "generic": DevicePreset(4, None),
 }
@@ -124,4 +125,14 @@ def resolve(text: str, device: str = "generic") -> TargetConfig:
     if name == "custom" and not config.triple:
         spec = {**dict(config.spec), "mtriple": host_spec()["mtriple"]}
         config = TargetConfig("custom", _freeze(spec))
+    _check_mcpu(config)
     return config
+
+
+def _check_mcpu(config: TargetConfig) -> None:
+    """LLVM only warns about an unknown -mcpu and falls back to generic code: refuse it."""
+    from tvm.target import codegen
+
+    mcpu = dict(config.spec).get("mcpu")
+    if mcpu and not codegen.llvm_is_valid_cpu(str(mcpu), config.triple):
+        raise BadInputError(f"LLVM does not know mcpu '{mcpu}' for {config.triple}")

@@ -1,0 +1,129 @@
+"""The command line, driven with click's CliRunner: outputs, JSON and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from tvmshuffle.cli import cli
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ") and "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_help_lists_the_commands():
+    """--help names every command a script relies on."""
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("models", "flops", "compile", "run"):
+        assert command in result.output
+
+
+def test_models_json_lists_matching_models():
+    """`models PATTERN --json` gives FLOPs and parameters of the matching models."""
+    result = invoke("models", "shufflenet_v1_g3_*", "--json")
+    assert result.exit_code == 0
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert set(rows) == {f"shufflenet_v1_g3_{s}x" for s in (0.25, 0.5, 1.0, 1.5, 2.0)}
+    assert rows["shufflenet_v1_g3_1.0x"]["mflops"] == pytest.approx(137, rel=0.03)
+    assert 1.5e6 < rows["shufflenet_v1_g3_1.0x"]["params"] < 2.5e6
+
+
+def test_flops_json_scales_with_input_size():
+    """`flops --input-size` counts the larger input: convs scale with pixels, FC does not."""
+    small = json.loads(invoke("flops", "shufflenet_v1_g3_1.0x", "--json").stdout)
+    large = json.loads(invoke("flops", "shufflenet_v1_g3_1.0x", "--input-size", "480x640",
+                              "--json").stdout)
+    assert large["input_shape"] == [1, 3, 480, 640]
+    conv_small = small["macs"] - small["by_kind"]["matmul"]
+    conv_large = large["macs"] - large["by_kind"]["matmul"]
+    assert conv_large / conv_small == pytest.approx(480 * 640 / 224**2, rel=0.05)
+    assert large["by_kind"]["matmul"] == small["by_kind"]["matmul"]
+
+
+@pytest.mark.slow
+def test_compile_then_run_json(tmp_path):
+    """compile writes model.so, manifest.json and final_ir.py; run --json checks numerics."""
+    out = tmp_path / "out"
+    result = invoke("compile", "shufflenet_v1_g3_0.25x", "--target", "host", "--input-size",
+                    "96x96", "-o", str(out), "--dump-ir")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["input"]["shape"] == [1, 3, 96, 96]
+    assert manifest["target"]["tvm"]["num-cores"] >= 1
+    assert manifest["kernels"] and all(k in (out / "final_ir.py").read_text()
+                                       for k in manifest["kernels"])
+    assert len(manifest["library"]["sha256"]) == 64
+    run = invoke("run", str(out), "--json", "--repeat", "3")
+    assert run.exit_code == 0, run.output
+    data = json.loads(run.stdout)
+    assert data["max_abs_err"] < 1e-4
+    assert data["latency_ms"]["samples"] == 3
+    assert 0 < data["latency_ms"]["min_ms"] <= data["latency_ms"]["median_ms"]
+
+
+@pytest.mark.slow
+def test_run_refuses_a_tampered_library(tmp_path):
+    """A model.so whose sha256 no longer matches the manifest is refused."""
+    out = tmp_path / "out"
+    assert invoke("compile", "mobilenet_v1_0.25", "--input-size", "64x64", "-o",
+                  str(out)).exit_code == 0
+    with open(out / "model.so", "ab") as f:
+        f.write(b"\0")
+    assert_one_line_error(invoke("run", str(out)), "does not match the sha256")
+
+
+@pytest.mark.slow
+def test_run_refuses_wrong_numerics(tmp_path):
+    """A reference that disagrees with the module fails with the error size, no latency."""
+    import numpy as np
+
+    out = tmp_path / "out"
+    assert invoke("compile", "mobilenet_v1_0.25", "--input-size", "64x64", "-o",
+                  str(out)).exit_code == 0
+    data = dict(np.load(out / "reference.npz"))
+    data["output_0"] = data["output_0"] + 0.5
+    np.savez(out / "reference.npz", **data)
+    result = invoke("run", str(out), "--json")
+    assert_one_line_error(result, "max abs error 0.5")
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (("compile", "shufflenet_g3_1.0x", "-o", "{tmp}/o"), ("unknown model", "did you mean")),
+    (("compile", "{tmp}/missing.onnx", "-o", "{tmp}/o"), ("not found", "missing.onnx")),
+    (("compile", "{tmp}/missing.pt2", "-o", "{tmp}/o"), ("not found",)),
+    (("compile", "alexnet", "--input-size", "224", "-o", "{tmp}/o"), ("bad input size",)),
+    (("compile", "alexnet", "--target", "riscv", "-o", "{tmp}/o"), ("unknown target",)),
+    (("compile", "alexnet", "--target", '{"kind": "llvm", "mcpu": "z80"}', "-o", "{tmp}/o"),
+     ("mcpu 'z80'",)),
+    (("compile", "alexnet", "-o", "{tmp}/file/o"), ("not writable",)),
+    (("flops", "alexnet", "--input-size", "10x10"), ("too small",)),
+    (("models", "resnet*"), ("no zoo model matches",)),
+    (("run", "{tmp}"), ("not a tvmshuffle artifact",)),
+])
+def test_bad_input_is_one_line(args, fragments, tmp_path):
+    """Each kind of bad input gives one 'Error:' line and a non-zero exit, no traceback."""
+    (tmp_path / "file").write_text("a file, not a directory")
+    result = invoke(*(a.replace("{tmp}", str(tmp_path)) for a in args))
+    assert_one_line_error(result, *fragments)
+
+
+def test_corrupt_and_unsupported_onnx_are_one_line(model_files, unsupported_onnx, tmp_path):
+    """A corrupt ONNX file and one with an op TVM lacks each fail in one line naming it."""
+    assert_one_line_error(invoke("compile", str(model_files["corrupt"]), "-o",
+                                 str(tmp_path / "o")), "not a valid ONNX model")
+    assert_one_line_error(invoke("compile", str(unsupported_onnx), "-o", str(tmp_path / "o")),
+                          "DFT")

@@ -1,0 +1,100 @@
+"""Importers: zoo, .pt2 and .onnx into Relax, their FLOPs agreement, and their input errors."""
+
+from __future__ import annotations
+
+import pytest
+import tvm
+from tvm import relax
+from tvm.script import ir as I
+from tvm.script import relax as R
+
+from tvmshuffle import flops, frontends, pipeline
+from tvmshuffle.errors import BadInputError, ImportFailedError
+
+
+@pytest.mark.parametrize("text,size", [("224x224", (224, 224)), ("480X640", (480, 640)),
+                                       (" 720x1280 ", (720, 1280))])
+def test_parse_input_size(text, size):
+    """HxW parses height first, case-insensitively."""
+    assert frontends.parse_input_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["224", "224x", "x224", "0x224", "224x-1", "a x b", ""])
+def test_parse_input_size_rejects(text):
+    """Anything but two positive integers is refused with the expected form."""
+    with pytest.raises(BadInputError, match="expected HEIGHTxWIDTH"):
+        frontends.parse_input_size(text)
+
+
+def test_three_import_paths_agree(model_files):
+    """The zoo model, its .pt2 and its .onnx import with the same shape and the same FLOPs."""
+    size = model_files["shape"][2:]
+    zoo = frontends.load(frontends.ModelSpec(model_files["name"], size))
+    pt2 = frontends.load(frontends.ModelSpec(str(model_files["pt2"])))
+    onnx_model = frontends.load(frontends.ModelSpec(str(model_files["onnx"]), size))
+    assert zoo.input_shape == pt2.input_shape == onnx_model.input_shape == model_files["shape"]
+    counts = {flops.count(m.mod).macs for m in (zoo, pt2, onnx_model)}
+    assert len(counts) == 1 and counts.pop() > 0
+    assert (zoo.reference_engine, pt2.reference_engine, onnx_model.reference_engine) == (
+        "torch", "torch", "onnxruntime")
+
+
+def test_graph_passes_fold_batchnorm():
+    """After the graph passes no batch_norm is left and convolutions carry a bias add."""
+    imported = frontends.load(frontends.ModelSpec("mobilenet_v1_0.25", (64, 64)))
+    assert "R.nn.batch_norm" in imported.mod.script()
+    optimized = pipeline.optimize(imported.mod)
+    assert "batch_norm" not in optimized.script()
+    assert flops.count(optimized).macs == flops.count(imported.mod).macs
+
+
+def test_flops_of_a_hand_written_module():
+    """A grouped conv and a matmul are counted as out elements x reduction length."""
+
+    @I.ir_module
+    class Module:
+        @R.function
+        def main(x: R.Tensor((1, 8, 10, 10), "float32"), w: R.Tensor((16, 2, 3, 3), "float32"),
+                 m: R.Tensor((1600, 5), "float32")):
+            with R.dataflow():
+                y = R.nn.conv2d(x, w, padding=[1, 1, 1, 1], groups=4)
+                z = R.reshape(y, (1, 1600))
+                out = R.matmul(z, m)
+                R.output(out)
+            return out
+
+    report = flops.count(Module)
+    assert [layer.kind for layer in report.layers] == ["grouped", "matmul"]
+    assert report.macs == 16 * 10 * 10 * (2 * 3 * 3) + 1600 * 5
+
+
+def test_missing_and_corrupt_files(model_files, tmp_path):
+    """Missing or corrupt model files fail with a message naming the file."""
+    with pytest.raises(BadInputError, match="not found"):
+        frontends.load(frontends.ModelSpec(str(tmp_path / "nope.onnx")))
+    with pytest.raises(BadInputError, match="not found"):
+        frontends.load(frontends.ModelSpec(str(tmp_path / "nope.pt2")))
+    with pytest.raises(BadInputError, match="not a valid ONNX model"):
+        frontends.load(frontends.ModelSpec(str(model_files["corrupt"])))
+    bad_pt2 = tmp_path / "bad.pt2"
+    bad_pt2.write_bytes(b"garbage")
+    with pytest.raises(BadInputError, match="torch.export program"):
+        frontends.load(frontends.ModelSpec(str(bad_pt2)))
+
+
+def test_unsupported_onnx_op_is_named(unsupported_onnx):
+    """An ONNX operator TVM cannot import is named in the error."""
+    with pytest.raises(ImportFailedError, match="cannot import: DFT"):
+        frontends.load(frontends.ModelSpec(str(unsupported_onnx)))
+
+
+def test_fixed_size_files_refuse_another_size(model_files):
+    """A .pt2 exported at 64x64 is not silently compiled at another size."""
+    with pytest.raises(BadInputError, match="exported for input 64x64"):
+        frontends.load(frontends.ModelSpec(str(model_files["pt2"]), (224, 224)))
+
+
+def test_too_small_input_is_refused():
+    """AlexNet's stride-4 stem and three pools need at least 63x63."""
+    with pytest.raises(BadInputError, match="too small for alexnet"):
+        frontends.load(frontends.ModelSpec("alexnet", (32, 32)))
