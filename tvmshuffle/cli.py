@@ -116,13 +116,18 @@ def flops_cmd(model: str, input_size, per_layer: bool, as_json: bool) -> None:
 @click.option("--state-dict", type=click.Path(path_type=Path),
               help="Weights for a zoo model (a PyTorch state_dict file).")
 @click.option("--dump-ir", is_flag=True, help="Also write the final IRModule as OUT/final_ir.py.")
+@click.option("--no-fuse-shuffle", is_flag=True,
+              help="Leave channel shuffles as their own kernels (for comparison).")
 @json_option
 def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dump_ir,
-                as_json) -> None:
-    """Import MODEL, optimize it and build OUT/model.so with OUT/manifest.json."""
+                no_fuse_shuffle, as_json) -> None:
+    """Import MODEL, optimize it and build OUT/model.so with OUT/manifest.json.
+
+    Channel shuffles are fused into the convolution that consumes them; the summary and
+    manifest.json ("data_movement_kernels") list any kernel left that only moves data."""
     from . import export, frontends, report, target
 
-    config = export.CompileConfig(target.resolve(target_name, device))
+    config = export.CompileConfig(target.resolve(target_name, device), not no_fuse_shuffle)
     export.prepare_out_dir(out_dir)
     with report.step(f"importing {model}", quiet=as_json):
         imported = frontends.load(frontends.ModelSpec(model, input_size, state_dict))

@@ -37,6 +37,7 @@ IR_NAME = "final_ir.py"
 @dataclass(frozen=True)
 class CompileConfig:
     target: TargetConfig
+    fuse_shuffle: bool = True  # the channel shuffle pass (passes/channel_shuffle.py)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ def write_artifact(out_dir: Path, compiled: Compiled, model: frontends.ImportedM
         "library": {"file": SO_NAME, "sha256": sha256(so_path),
                     "bytes": so_path.stat().st_size},
         "kernels": list(compiled.kernels),
+        "fuse_shuffle": config.fuse_shuffle,
+        "data_movement_kernels": pipeline.data_movement_kernels(compiled.final_mod),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     tmp = out_dir / (MANIFEST_NAME + ".tmp")
@@ -112,9 +115,9 @@ def build_artifact(model: frontends.ImportedModel, config: CompileConfig, out_di
                    dump_ir: bool = False) -> dict:
     """Graph passes, build and export of an imported model into ``out_dir``: its manifest."""
     prepare_out_dir(out_dir)
-    optimized = pipeline.optimize(model.mod)
-    compiled = compile_module(optimized, config)
-    return write_artifact(out_dir, compiled, model, config, flops.count(optimized), dump_ir)
+    compiled = compile_module(pipeline.optimize(model.mod, config.fuse_shuffle), config)
+    # counted before the shuffle pass turns the convolutions it fuses into call_tir kernels
+    return write_artifact(out_dir, compiled, model, config, flops.count(model.mod), dump_ir)
 
 
 def sha256(path: Path) -> str:

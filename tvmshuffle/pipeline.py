@@ -1,8 +1,10 @@
 """The pass lists, in one place: graph passes on the imported module, then TVM's build pipeline.
 
-Graph passes run on an imported module before fusion: BatchNorm folded into the preceding
-convolution's weights and bias (TVM's FoldBatchnormToConv2D), remaining inference-mode ops
-decomposed, constants folded, dead code removed. The build pipeline is TVM's default for the
+Graph passes run on an imported module before fusion: channel shuffles moved past per-channel
+operators (so that BatchNorm behind a shuffle still folds), BatchNorm folded into the preceding
+convolution's weights and bias (``passes/fold_batchnorm.py``), remaining inference-mode ops
+decomposed, constants folded, dead code removed, and each channel shuffle fused into the
+convolution that consumes it (``passes/channel_shuffle.py``). The build pipeline is TVM's default for the
 target (legalize, FoldConstant, FuseOps, FuseTIR, lower to the VM); ``relax.build`` alone does
 not fuse on CPU.
 """
@@ -12,24 +14,28 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-
-def graph_passes() -> tvm.transform.Pass:
-    """Inference clean-up of an imported module: fold BN, fold constants, drop dead code."""
-    return tvm.transform.Sequential(
-        [
-            relax.transform.FoldBatchnormToConv2D(),
-            relax.transform.DecomposeOpsForInference(),
-            relax.transform.CanonicalizeBindings(),
-            relax.transform.FoldConstant(),
-            relax.transform.DeadCodeElimination(),
-        ],
-        name="tvmshuffle.graph_passes",
-    )
+from .passes import fold_batchnorm, fuse_channel_shuffle, sink_channel_shuffle
 
 
-def optimize(mod: tvm.IRModule) -> tvm.IRModule:
-    """The module every later stage (FLOPs, tuning, build) starts from."""
-    return graph_passes()(mod)
+def graph_passes(fuse_shuffle: bool = True) -> tvm.transform.Pass:
+    """Inference clean-up of an imported module and the shuffle fusion (unless turned off)."""
+    cleanup = [
+        fold_batchnorm,
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.CanonicalizeBindings(),
+        relax.transform.FoldConstant(),
+        relax.transform.DeadCodeElimination(),
+    ]
+    if fuse_shuffle:
+        passes = [sink_channel_shuffle, *cleanup, fuse_channel_shuffle]
+    else:
+        passes = cleanup
+    return tvm.transform.Sequential(passes, name="tvmshuffle.graph_passes")
+
+
+def optimize(mod: tvm.IRModule, fuse_shuffle: bool = True) -> tvm.IRModule:
+    """The module tuning and building start from."""
+    return graph_passes(fuse_shuffle)(mod)
 
 
 def lower(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
@@ -42,3 +48,27 @@ def kernel_names(mod: tvm.IRModule) -> list[str]:
     """Names of the TIR kernels of a lowered module, sorted."""
     return sorted(gv.name_hint for gv, func in mod.functions.items()
                   if isinstance(func, tvm.tirx.PrimFunc))
+
+
+def data_movement_kernels(mod: tvm.IRModule) -> list[str]:
+    """Kernels of a lowered module whose only work is moving one tensor into another of the
+    same shape: every block a plain load -> store (a reshape-transpose-reshape channel shuffle
+    compiled on its own is one). The channel shuffle pass exists to make this list empty."""
+    from tvm import s_tir
+
+    names = []
+    for gv, func in mod.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or len(func.params) != 2:
+            continue
+        shapes = [tuple(int(d) for d in param.ty.shape) for param in func.params]
+        if shapes[0] != shapes[1]:
+            continue
+        sch = s_tir.Schedule(func)
+        bodies = [sch.get(block).body
+                  for block in sch.get_child_blocks(sch.get_sblock("root"))]
+        # TIR node classes are not importable by name in TVM 0.27; their type names are stable
+        if bodies and all(type(b).__name__ == "BufferStore"
+                          and type(b.value).__name__ in ("BufferLoad", "TensorLoad")
+                          for b in bodies):
+            names.append(gv.name_hint)
+    return sorted(names)

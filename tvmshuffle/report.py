@@ -83,6 +83,10 @@ def compile_summary(manifest: dict, out_dir: str) -> None:
     shape = "x".join(map(str, manifest["input"]["shape"]))
     out.print(f"  input {manifest['input']['name']} {shape} {manifest['input']['dtype']}, "
               f"{manifest['flops']['mflops']:.1f} MFLOPs, {len(manifest['kernels'])} kernels")
+    moving = manifest["data_movement_kernels"]
+    state = "fused" if manifest["fuse_shuffle"] else "not fused (--no-fuse-shuffle)"
+    out.print(f"  channel shuffle {state}; kernels that only move data: {len(moving)}"
+              + (f" ({', '.join(moving)})" if moving else ""))
     out.print(f"  {out_dir}/{manifest['library']['file']} "
               f"({manifest['library']['bytes'] / 1e6:.1f} MB), {out_dir}/manifest.json")
 

@@ -1,0 +1,6 @@
+"""tvmshuffle's own Relax passes (TVM's are used directly from tvm.relax.transform)."""
+
+from .channel_shuffle import fuse_channel_shuffle, sink_channel_shuffle
+from .fold_batchnorm import fold_batchnorm
+
+__all__ = ["fold_batchnorm", "fuse_channel_shuffle", "sink_channel_shuffle"]
