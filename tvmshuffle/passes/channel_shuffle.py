@@ -262,7 +262,9 @@ def _conv_prim_func(call: relax.Call, data: relax.Expr,
     attrs = call.attrs
     x = te.placeholder(_i64(*_static_shape(data)), _dtype(data), name="data")
     w = te.placeholder(_i64(*_static_shape(call.args[1])), _dtype(call.args[1]), name="weight")
-    out_dtype = str(attrs.out_dtype) if str(attrs.out_dtype) else x.dtype
+    # ONNX-imported convolutions leave out_dtype unset ("void"/None): the input dtype then
+    out_dtype = str(attrs.out_dtype) if attrs.out_dtype is not None else ""
+    out_dtype = x.dtype if out_dtype in ("", "None", "void") else out_dtype
     out = _shuffled_conv2d(x, w, permutation, [int(v) for v in attrs.strides],
                            [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation],
                            int(attrs.groups), out_dtype)
