@@ -43,6 +43,16 @@ input_size_option = click.option(
     help="Input height x width, e.g. 224x224, 480x640, 720x1280 (default: 224x224, or the "
          "file's own fixed size).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON to stdout.")
+threads_option = click.option(
+    "--threads", type=click.IntRange(min=1), default=None,
+    help="Threads the model will run with: the target's num-cores (default: 1 on the host, the "
+         "device preset's cores on ARM).")
+target_option = click.option(
+    "--target", "target_name", default="host", show_default=True,
+    help="host, arm (Android aarch64), arm-linux, or a TVM target as JSON.")
+device_option = click.option(
+    "--device", default="generic", show_default=True,
+    help="Device preset for arm targets (core count, mcpu), e.g. snapdragon820.")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,7 +65,8 @@ def cli(verbose: bool) -> None:
     \b
     tvmshuffle models                       list the zoo with FLOPs and parameters
     tvmshuffle flops MODEL                  multiply-adds, as the ShuffleNet paper counts them
-    tvmshuffle compile MODEL -o OUT         build OUT/model.so + manifest.json
+    tvmshuffle tune MODEL                   auto-tune its kernels (embedded device or tracker)
+    tvmshuffle compile MODEL -o OUT         build OUT/model.so + manifest.json (--db: tuned)
     tvmshuffle run OUT                      check numerics and time it on this machine
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
@@ -106,10 +117,8 @@ def flops_cmd(model: str, input_size, per_layer: bool, as_json: bool) -> None:
 
 @cli.command(name="compile", epilog=MODEL_HELP)
 @click.argument("model")
-@click.option("--target", "target_name", default="host", show_default=True,
-              help="host, arm (Android aarch64), arm-linux, or a TVM target as JSON.")
-@click.option("--device", default="generic", show_default=True,
-              help="Device preset for arm targets (core count, mcpu), e.g. snapdragon820.")
+@target_option
+@device_option
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Artifact directory to write.")
 @input_size_option
@@ -118,16 +127,20 @@ def flops_cmd(model: str, input_size, per_layer: bool, as_json: bool) -> None:
 @click.option("--dump-ir", is_flag=True, help="Also write the final IRModule as OUT/final_ir.py.")
 @click.option("--no-fuse-shuffle", is_flag=True,
               help="Leave channel shuffles as their own kernels (for comparison).")
+@click.option("--db", type=click.Path(path_type=Path),
+              help="Apply the best schedules of this tuning database (see `tvmshuffle tune`).")
+@threads_option
 @json_option
 def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dump_ir,
-                no_fuse_shuffle, as_json) -> None:
+                no_fuse_shuffle, db, threads, as_json) -> None:
     """Import MODEL, optimize it and build OUT/model.so with OUT/manifest.json.
 
     Channel shuffles are fused into the convolution that consumes them; the summary and
     manifest.json ("data_movement_kernels") list any kernel left that only moves data."""
     from . import export, frontends, report, target
 
-    config = export.CompileConfig(target.resolve(target_name, device), not no_fuse_shuffle)
+    config = export.CompileConfig(target.resolve(target_name, device, threads),
+                                  not no_fuse_shuffle, db)
     export.prepare_out_dir(out_dir)
     with report.step(f"importing {model}", quiet=as_json):
         imported = frontends.load(frontends.ModelSpec(model, input_size, state_dict))
@@ -137,6 +150,75 @@ def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dum
         report.emit_json(manifest)
     else:
         report.compile_summary(manifest, str(out_dir))
+
+
+@cli.command(epilog=MODEL_HELP)
+@click.argument("model")
+@target_option
+@device_option
+@click.option("--rpc-tracker", metavar="HOST:PORT",
+              help="TVM RPC tracker to get devices from (default: an embedded tracker and a "
+                   "host-CPU device on 127.0.0.1, stopped afterwards).")
+@click.option("--rpc-key", help="Device key at the tracker, e.g. snapdragon820.")
+@click.option("--trials", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Measurement budget over all tuned tasks.")
+@click.option("--trials-per-task", type=click.IntRange(min=1),
+              help="Budget of one task (default: --trials spread evenly).")
+@click.option("--ops", default="grouped,depthwise", show_default=True,
+              help="Kinds of task to tune: grouped, depthwise, conv, dense, other, or all.")
+@click.option("--db", type=click.Path(path_type=Path),
+              help="Tuning database directory (default: schedules/<target>/). Appended to, "
+                   "never rewritten; re-running resumes.")
+@click.option("--timeout", default=60, show_default=True, type=click.IntRange(min=1),
+              help="Seconds allowed for one build and for one device session.")
+@input_size_option
+@click.option("--no-fuse-shuffle", is_flag=True, help="Tune without the channel shuffle pass.")
+@threads_option
+@json_option
+def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_task, ops, db,
+         timeout, input_size, no_fuse_shuffle, threads, as_json) -> None:
+    """Auto-tune MODEL's kernels with MetaSchedule (XGBoost cost model) on devices from a TVM RPC
+    tracker, appending records to a database that `tvmshuffle compile --db` applies."""
+    import time as _time
+
+    from . import frontends, remote, report, target
+    from . import tune as tuning
+
+    config_target = target.resolve(target_name, device, threads)
+    kinds = tuple(k.strip() for k in ops.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in (*tuning.OPS_CHOICES, "all")]
+    if unknown or not kinds:
+        raise BadInputError(f"bad --ops '{ops}': choose from "
+                            f"{', '.join(tuning.OPS_CHOICES)} or all")
+    config = tuning.TuneConfig(config_target, db or tuning.default_db_dir(config_target, device),
+                               trials, trials_per_task, kinds, float(timeout),
+                               not no_fuse_shuffle)
+    with report.step(f"importing {model}", quiet=as_json):
+        imported = frontends.load(frontends.ModelSpec(model, input_size))
+    start = _time.perf_counter()
+    if rpc_tracker:
+        if not rpc_key:
+            raise BadInputError("--rpc-tracker needs --rpc-key (the device key at the tracker)")
+        host, port = remote.parse_tracker(rpc_tracker)
+        tracker = remote.TrackerConfig(host, port, rpc_key, max(timeout, 60))
+        devices = remote.free_devices(tracker, timeout=min(timeout, 10))
+        with report.TuneProgress(quiet=as_json) as progress:
+            results = tuning.tune(imported.mod, config, tracker, devices, progress)
+    else:
+        if not config_target.runs_on_host:
+            raise BadInputError(f"the embedded device is this machine's CPU; tuning for "
+                                f"{config_target.triple} needs --rpc-tracker and --rpc-key")
+        with report.step("starting the embedded tracker and device", quiet=as_json):
+            context = remote.embedded_device(int(dict(config_target.spec)["num-cores"]))
+            tracker = context.__enter__()
+        try:
+            with report.TuneProgress(quiet=as_json) as progress:
+                results = tuning.tune(imported.mod, config, tracker, 1, progress)
+        finally:
+            context.__exit__(None, None, None)
+    data = report.tune_json(results, config, tracker.address, tracker.key,
+                            _time.perf_counter() - start)
+    report.emit_json(data) if as_json else report.tune_table(data)
 
 
 @cli.command()

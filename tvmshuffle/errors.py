@@ -35,6 +35,18 @@ class NumericsError(TvmShuffleError):
     exit_code = 5
 
 
+class DeviceError(TvmShuffleError):
+    """An RPC tracker that cannot be reached, or no device for the key."""
+
+    exit_code = 6
+
+
+class DatabaseError(TvmShuffleError):
+    """A tuning database that cannot be read as it is (corrupt or truncated line)."""
+
+    exit_code = 7
+
+
 def first_line(err: BaseException) -> str:
     """The first line of an exception's message, for one-line errors from deep failures."""
     text = str(err).strip()

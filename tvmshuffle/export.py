@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from . import __version__, flops, frontends, pipeline
+from . import __version__, flops, frontends, pipeline, tune
 from .errors import BadInputError, BuildError, first_line
 from .flops import FlopReport
 from .target import TargetConfig
@@ -38,6 +38,7 @@ IR_NAME = "final_ir.py"
 class CompileConfig:
     target: TargetConfig
     fuse_shuffle: bool = True  # the channel shuffle pass (passes/channel_shuffle.py)
+    db: Path | None = None  # a MetaSchedule database whose records are applied
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,9 @@ class Compiled:
 def compile_module(mod: tvm.IRModule, config: CompileConfig) -> Compiled:
     """Lower ``mod`` (already through the graph passes) with TVM's pipeline and build it."""
     target = config.target.tvm_target
+    database = tune.apply_database(config.db) if config.db is not None else None
     try:
-        final = pipeline.lower(mod, target)
+        final = pipeline.lower(mod, target, database)
         executable = tvm.compile(final, target=target, relax_pipeline=None)
     except Exception as err:  # TVM raises InternalError, TVMError, ValueError...
         raise BuildError(f"TVM failed to build for {target}: {first_line(err)}") from err
@@ -102,6 +104,8 @@ def write_artifact(out_dir: Path, compiled: Compiled, model: frontends.ImportedM
                     "bytes": so_path.stat().st_size},
         "kernels": list(compiled.kernels),
         "fuse_shuffle": config.fuse_shuffle,
+        "tuning": {"db": str(config.db) if config.db else None,
+                   "tuned_kernels": pipeline.tuned_kernels(compiled.final_mod)},
         "data_movement_kernels": pipeline.data_movement_kernels(compiled.final_mod),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

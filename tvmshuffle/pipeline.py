@@ -38,16 +38,32 @@ def optimize(mod: tvm.IRModule, fuse_shuffle: bool = True) -> tvm.IRModule:
     return graph_passes(fuse_shuffle)(mod)
 
 
-def lower(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """TVM's default build pipeline for ``target``: fused TIR kernels and VM code."""
-    with target:
-        return relax.get_default_pipeline(target)(mod)
+def lower(mod: tvm.IRModule, target: tvm.target.Target, database=None) -> tvm.IRModule:
+    """TVM's default build pipeline for ``target``: fused TIR kernels and VM code. With a
+    MetaSchedule ``database``, kernels found in it get their tuned schedules (the "zero"
+    pipeline: legalize, fuse, apply database), the others stay as TVM writes them."""
+    if database is None:
+        with target:
+            return relax.get_default_pipeline(target)(mod)
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    with target, database:
+        mod = relax.pipeline.zero_pipeline()(mod)
+        rest = cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)
+        return tvm.transform.Sequential(rest)(mod)
 
 
 def kernel_names(mod: tvm.IRModule) -> list[str]:
     """Names of the TIR kernels of a lowered module, sorted."""
     return sorted(gv.name_hint for gv, func in mod.functions.items()
                   if isinstance(func, tvm.tirx.PrimFunc))
+
+
+def tuned_kernels(mod: tvm.IRModule) -> list[str]:
+    """Kernels of a lowered module that carry a schedule from a tuning database."""
+    return sorted(gv.name_hint for gv, func in mod.functions.items()
+                  if isinstance(func, tvm.tirx.PrimFunc)
+                  and func.attrs is not None and func.attrs.get("tirx.is_scheduled", False))
 
 
 def data_movement_kernels(mod: tvm.IRModule) -> list[str]:

@@ -16,7 +16,9 @@ from rich.table import Table
 
 from .flops import FlopReport
 
-out = Console(soft_wrap=True)
+out = Console()
+if not out.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
+    out = Console(width=160)
 err = Console(stderr=True)
 
 
@@ -113,3 +115,84 @@ def run_table(manifest: dict, result) -> None:
                   f"{lat.min_ms:.3f}", str(lat.samples))
     out.print(table)
     out.print(f"numerics checked against {manifest['reference']['engine']}: ok")
+
+
+class TuneProgress:
+    """Rich progress on stderr for `tvmshuffle tune`: one bar per task and one overall."""
+
+    def __init__(self, quiet: bool = False):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from rich.progress import TimeElapsedColumn
+
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("{task.fields[best]}"), TimeElapsedColumn(),
+                             console=err, disable=quiet or not err.is_terminal)
+        self.overall = None
+        self.current = None
+        self.finished = 0
+        self.count = 0
+
+    def __enter__(self):
+        self.bars.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.bars.stop()
+
+    def start(self, tasks, budget: dict[str, int]) -> None:
+        self.count = len(tasks)
+        self.overall = self.bars.add_task(f"all tasks (0/{self.count} done)",
+                                          total=max(1, sum(budget.values())), best="")
+
+    def task_started(self, task, budget: int) -> None:
+        self.current = self.bars.add_task(f"  {task.name} [{task.kind}]", total=max(1, budget),
+                                          best="" if budget else "at budget: resumed")
+        self.done = 0
+
+    def trials(self, task, done: int, best_ms) -> None:
+        best = f"best {best_ms:.4f} ms" if best_ms is not None else "no valid run yet"
+        self.bars.update(self.current, completed=done, best=best)
+        self.bars.advance(self.overall, done - self.done)
+        self.done = done
+
+    def task_finished(self, result) -> None:
+        self.finished += 1
+        self.bars.update(self.current, visible=False)
+        self.bars.update(self.overall,
+                         description=f"all tasks ({self.finished}/{self.count} done)")
+
+
+def tune_json(results, config, tracker_address: str, key: str, wall_s: float) -> dict:
+    return {
+        "target": config.target.as_json(),
+        "db": str(config.db_dir),
+        "tracker": tracker_address,
+        "key": key,
+        "wall_time_s": round(wall_s, 1),
+        "tasks": [{
+            "name": r.task.name, "kind": r.task.kind, "weight": r.task.weight,
+            "mflops": round(r.task.macs / 1e6, 3), "trials_before": r.trials_before,
+            "trials_run": r.trials_run, "untuned_ms": r.untuned_ms, "tuned_ms": r.tuned_ms,
+            "speedup": r.speedup,
+        } for r in results],
+    }
+
+
+def tune_table(data: dict) -> None:
+    table = Table(title=f"tuned into {data['db']} ({data['wall_time_s']:.0f} s, "
+                        f"device key '{data['key']}' at {data['tracker']})")
+    for column in ("task", "kind", "MFLOPs", "weight", "trials", "untuned ms", "tuned ms",
+                   "speedup"):
+        table.add_column(column, justify="left" if column in ("task", "kind") else "right")
+
+    def fmt(value, spec=".4f"):
+        return "-" if value is None else format(value, spec)
+
+    for row in data["tasks"]:
+        trials = f"{row['trials_before'] + row['trials_run']}"
+        if row["trials_before"]:
+            trials += f" ({row['trials_before']} resumed)"
+        table.add_row(row["name"], row["kind"], f"{row['mflops']:.2f}", str(row["weight"]),
+                      trials, fmt(row["untuned_ms"]), fmt(row["tuned_ms"]),
+                      fmt(row["speedup"], ".1f") + ("x" if row["speedup"] else ""))
+    out.print(table)

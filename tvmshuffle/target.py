@@ -1,7 +1,8 @@
 """Compilation targets, built in this one place from dicts (TVM 0.27 rejects many strings).
 
-``host`` is this machine's CPU (its LLVM ``mcpu``, so AVX-512 and NEON rules apply, and
-``num-cores``, which MetaSchedule requires). ``arm`` is Android aarch64 with NEON, ``arm-linux``
+``host`` is this machine's CPU (its LLVM ``mcpu``, so AVX-512 and NEON rules apply) with
+``num-cores`` (which MetaSchedule requires) set to the threads the model will run with: 1 by
+default, as in the paper's single-thread Table 8. ``arm`` is Android aarch64 with NEON, ``arm-linux``
 aarch64 Linux; a device preset (``snapdragon820`` ...) sets their core count and ``mcpu``.
 Anything else is read as a TVM target given as JSON.
 """
@@ -9,7 +10,6 @@ Anything else is read as a TVM target given as JSON.
 from __future__ import annotations
 
 import json
-import os
 import platform
 from dataclasses import dataclass
 
@@ -69,7 +69,7 @@ def _freeze(spec: dict) -> tuple[tuple[str, object], ...]:
     return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in spec.items())
 
 
-def host_spec(num_cores: int | None = None) -> dict:
+def host_spec(threads: int = 1) -> dict:
     from tvm.target import codegen
 
     arch = platform.machine() or "x86_64"
@@ -77,30 +77,35 @@ def host_spec(num_cores: int | None = None) -> dict:
         "kind": "llvm",
         "mtriple": f"{arch}-unknown-linux-gnu",
         "mcpu": codegen.llvm_get_system_cpu(),
-        "num-cores": num_cores or os.cpu_count() or 1,
+        "num-cores": threads,
     }
 
 
-def arm_spec(triple: str, device: str) -> dict:
+def arm_spec(triple: str, device: str, threads: int | None = None) -> dict:
     preset = DEVICE_PRESETS.get(device)
     if preset is None:
         raise BadInputError(f"unknown device preset '{device}'; known: "
                             f"{', '.join(DEVICE_PRESETS)}")
-    spec: dict = {"kind": "llvm", "mtriple": triple, "mattr": ["+neon"], "num-cores": preset.cores}
+    spec: dict = {"kind": "llvm", "mtriple": triple, "mattr": ["+neon"],
+                  "num-cores": threads or preset.cores}
     if preset.mcpu:
         spec["mcpu"] = preset.mcpu
     return spec
 
 
-def resolve(text: str, device: str = "generic") -> TargetConfig:
-    """``host``, ``arm``, ``arm-linux`` or a TVM target as JSON -> a checked TargetConfig."""
+def resolve(text: str, device: str = "generic", threads: int | None = None) -> TargetConfig:
+    """``host``, ``arm``, ``arm-linux`` or a TVM target as JSON -> a checked TargetConfig.
+
+    ``threads`` sets ``num-cores``: default 1 for the host, the preset's cores for a device."""
     text = (text or "").strip()
+    if threads is not None and threads < 1:
+        raise BadInputError(f"threads must be at least 1, not {threads}")
     if text == "host":
-        name, spec = "host", host_spec()
+        name, spec = "host", host_spec(threads or 1)
     elif text == "arm":
-        name, spec = "arm", arm_spec(ANDROID_TRIPLE, device)
+        name, spec = "arm", arm_spec(ANDROID_TRIPLE, device, threads)
     elif text == "arm-linux":
-        name, spec = "arm-linux", arm_spec(ARM_LINUX_TRIPLE, device)
+        name, spec = "arm-linux", arm_spec(ARM_LINUX_TRIPLE, device, threads)
     elif text.startswith("{"):
         try:
             spec = json.loads(text)
@@ -113,7 +118,7 @@ def resolve(text: str, device: str = "generic") -> TargetConfig:
         raise BadInputError(f"unknown target '{text}': use {', '.join(TARGET_NAMES)} or a TVM "
                             "target as JSON, e.g. '{\"kind\": \"llvm\", \"num-cores\": 4}'")
     if name == "custom" and spec.get("kind") == "llvm" and "num-cores" not in spec:
-        spec = {**spec, "num-cores": os.cpu_count() or 1}
+        spec = {**spec, "num-cores": threads or 1}
     config = TargetConfig(name, _freeze(spec))
     try:
         config.tvm_target  # noqa: B018 - validate now, with a clear message

@@ -1,0 +1,143 @@
+"""TVM RPC tracker and device sessions: reach a tracker, count its devices, or start the embedded
+default (a tracker and one host-CPU device server on 127.0.0.1) and stop it afterwards.
+
+An RPC server runs whatever code it is sent: everything here binds 127.0.0.1. A tracker has no
+authentication; expose one only on a trusted network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+from .errors import BadInputError, DeviceError
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+EMBEDDED_KEY = "host"
+# Phones are slow to load a module and run it a few times: MetaSchedule's 10 s is too short.
+DEFAULT_SESSION_TIMEOUT = 60
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    host: str
+    port: int
+    key: str
+    session_timeout: int = DEFAULT_SESSION_TIMEOUT
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_tracker(text: str) -> tuple[str, int]:
+    """'HOST:PORT' -> (host, port)."""
+    host, sep, port = (text or "").strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BadInputError(f"bad --rpc-tracker '{text}': expected HOST:PORT, e.g. "
+                            "127.0.0.1:9190")
+    return host, int(port)
+
+
+def summary(config: TrackerConfig, timeout: float = 5.0) -> dict:
+    """The tracker's queue and server information; DeviceError if it does not answer."""
+    try:
+        with socket.create_connection((config.host, config.port), timeout=timeout):
+            pass
+    except OSError as err:
+        raise DeviceError(f"RPC tracker at {config.address} is unreachable "
+                          f"({err.strerror or err}) after {timeout:g} s") from err
+    from tvm import rpc
+
+    try:
+        return rpc.connect_tracker(config.host, config.port).summary()
+    except Exception as err:  # TVM raises RPCError / RuntimeError / socket errors
+        raise DeviceError(f"RPC tracker at {config.address} did not answer: {err}") from err
+
+
+def free_devices(config: TrackerConfig, timeout: float = 5.0) -> int:
+    """Devices registered under the key (free or busy). DeviceError naming the keys the
+    tracker does have when there is none."""
+    queue = summary(config, timeout).get("queue_info", {})
+    info = queue.get(config.key)
+    count = int(info.get("free", 0)) + int(info.get("pending", 0)) if info else 0
+    if count == 0:
+        known = ", ".join(f"{k} ({v.get('free', 0)} free)" for k, v in sorted(queue.items()))
+        raise DeviceError(f"no device registered under key '{config.key}' at "
+                          f"{config.address}; the tracker has: {known or 'no keys at all'}")
+    return count
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def _spawn(args: list[str], env: dict) -> subprocess.Popen:
+    # own session: one killpg stops the server and the workers it forks
+    return subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@contextlib.contextmanager
+def embedded_device(threads: int = 1, key: str = EMBEDDED_KEY,
+                    ready_timeout: float = 120.0) -> Iterator[TrackerConfig]:
+    """A tracker and one host-CPU RPC server on 127.0.0.1, stopped on exit (also on Ctrl-C and
+    on error). The server's TVM thread pool has ``threads`` threads."""
+    port = _free_port()
+    env = {**os.environ, "TVM_NUM_THREADS": str(threads)}
+    tracker = _spawn(["tvm.exec.rpc_tracker", "--host", LOOPBACK, "--port", str(port),
+                      "--port-end", str(port + 1), "--silent"], env)
+    server = None
+    try:
+        config = TrackerConfig(LOOPBACK, port, key)
+        _wait(lambda: summary(config, timeout=1.0), tracker, ready_timeout, "tracker")
+        server_port = _free_port()
+        server = _spawn(["tvm.exec.rpc_server", "--host", LOOPBACK, "--port", str(server_port),
+                         "--port-end", str(server_port + 50), "--tracker", config.address,
+                         "--key", key, "--silent"], env)
+        _wait(lambda: free_devices(config, timeout=1.0), server, ready_timeout, "device server")
+        log.info("embedded tracker %s with device key '%s'", config.address, key)
+        yield config
+    finally:
+        if server is not None:
+            _stop(server)
+        _stop(tracker)
+
+
+def _wait(probe, proc: subprocess.Popen, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise DeviceError(f"the embedded {what} exited with code {proc.returncode}")
+        try:
+            probe()
+            return
+        except DeviceError:
+            if time.monotonic() > deadline:
+                raise DeviceError(f"the embedded {what} was not ready after {timeout:g} s")
+            time.sleep(0.2)

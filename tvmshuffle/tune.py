@@ -1,0 +1,373 @@
+"""MetaSchedule tuning of a model's kernels, measured on devices reached through a TVM tracker.
+
+Tasks are the fused TIR kernels of the optimized module (after the channel shuffle pass, so the
+shuffle+depthwise kernels are tasks too), extracted with MetaSchedule's Relax integration from
+the module after the "zero" pipeline. Selected tasks are tuned one after another, the heaviest
+(weight x FLOPs) first, each with the XGBoost cost model and evolutionary search, candidates
+built by a local builder and timed by an RPCRunner with one worker per device under the key.
+
+The database is MetaSchedule's JSON database: two files of one JSON record a line, appended to
+as records arrive, never rewritten. Re-running the same tuning resumes: a task's records already
+in the database count against its budget, and the search starts from them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+import tvm
+from tvm import relax
+
+from . import pipeline
+from .errors import DatabaseError
+from .remote import TrackerConfig
+from .target import TargetConfig
+
+log = logging.getLogger(__name__)
+
+WORKLOAD_FILE = "database_workload.json"
+RECORD_FILE = "database_tuning_record.json"
+OPS_CHOICES = ("grouped", "depthwise", "conv", "dense", "other")
+DEFAULT_OPS = ("grouped", "depthwise")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    target: TargetConfig
+    db_dir: Path
+    trials: int = 64  # over all selected tasks
+    trials_per_task: int | None = None  # default: trials spread evenly over the tasks
+    ops: tuple[str, ...] = DEFAULT_OPS  # kinds of task to tune; ("all",) for every task
+    timeout: float = 60.0  # build timeout and RPC session timeout, seconds
+    fuse_shuffle: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    kind: str  # grouped | depthwise | conv | dense | other
+    weight: int  # how many times the model calls the kernel
+    macs: int  # per call
+    extracted: object = field(repr=False, compare=False)
+
+
+@dataclass
+class TaskResult:
+    task: Task
+    trials_before: int  # records already in the database (resumed)
+    trials_run: int = 0
+    untuned_ms: float | None = None
+    tuned_ms: float | None = None
+
+    @property
+    def speedup(self) -> float | None:
+        if self.untuned_ms and self.tuned_ms:
+            return self.untuned_ms / self.tuned_ms
+        return None
+
+
+class Progress:
+    """What a front end is told while tuning runs; the default says nothing."""
+
+    def start(self, tasks: list[Task], budget: dict[str, int]) -> None: ...
+
+    def task_started(self, task: Task, budget: int) -> None: ...
+
+    def trials(self, task: Task, done: int, best_ms: float | None) -> None: ...
+
+    def task_finished(self, result: TaskResult) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------- tasks
+
+
+def _classify(func: tvm.tirx.PrimFunc) -> tuple[str, int]:
+    """(kind, multiply-adds per call) of a fused kernel, from its anchor block's buffers."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    shapes = [tuple(int(d) for d in p.ty.shape) for p in func.params]
+    out = shapes[-1]
+    if any("conv" in n for n in names) and len(shapes) >= 3 and len(shapes[0]) == 4:
+        data, weight = shapes[0], shapes[1]
+        macs = math.prod(out) * math.prod(weight[1:])
+        groups = data[1] // weight[1] if weight[1] else 1
+        if groups == 1:
+            return "conv", macs
+        return ("depthwise" if weight[1] == 1 else "grouped"), macs
+    if any("matmul" in n or "dense" in n for n in names) and len(shapes) >= 3:
+        return "dense", math.prod(out) * shapes[0][-1]
+    return "other", 0
+
+
+def extract_tasks(mod: tvm.IRModule, config: TuneConfig) -> tuple[tvm.IRModule, list[Task]]:
+    """The zero-pipelined module and all its tasks, heaviest first."""
+    from tvm.s_tir import meta_schedule as ms
+
+    target = config.target.tvm_target
+    with target:
+        lowered = relax.pipeline.zero_pipeline()(pipeline.optimize(mod, config.fuse_shuffle))
+    tasks = []
+    for extracted in ms.relax_integration.extract_tasks(lowered, target):
+        kind, macs = _classify(extracted.dispatched[0]["main"])
+        tasks.append(Task(extracted.task_name, kind, int(extracted.weight), macs, extracted))
+    tasks.sort(key=lambda t: (-t.weight * t.macs, t.name))
+    return lowered, tasks
+
+
+def select(tasks: list[Task], ops: tuple[str, ...]) -> list[Task]:
+    if "all" in ops:
+        return list(tasks)
+    return [t for t in tasks if t.kind in ops]
+
+
+# ------------------------------------------------------------------------------------- database
+
+
+def check_database(db_dir: Path) -> None:
+    """Every line of both database files must be a JSON record: a corrupt or truncated line is
+    reported with its file and line number instead of being dropped with the rest."""
+    for name in (WORKLOAD_FILE, RECORD_FILE):
+        path = db_dir / name
+        if not path.exists():
+            continue
+        with open(path, "rb") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    json.loads(line)
+                except ValueError as err:
+                    raise DatabaseError(
+                        f"{path}:{number}: corrupt tuning record ({err.__class__.__name__}); "
+                        "fix or delete that line, the other records are intact") from err
+
+
+def open_database(db_dir: Path):
+    """The JSON database in ``db_dir`` (created if missing), after checking every line."""
+    from tvm.s_tir import meta_schedule as ms
+
+    try:
+        db_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DatabaseError(f"cannot create database directory {db_dir}: "
+                            f"{err.strerror or err}") from err
+    check_database(db_dir)
+    return ms.database.JSONDatabase(path_workload=str(db_dir / WORKLOAD_FILE),
+                                    path_tuning_record=str(db_dir / RECORD_FILE))
+
+
+def _records(database, task: Task, target: tvm.target.Target) -> list:
+    mod = task.extracted.dispatched[0]
+    if not database.has_workload(mod):
+        return []
+    workload = database.commit_workload(mod)
+    target_str = str(target)
+    return [r for r in database.get_all_tuning_records()
+            if r.workload.same_as(workload) and str(r.target) == target_str]
+
+
+def best_ms(records: list) -> float | None:
+    times = [statistics.fmean(float(s) for s in r.run_secs) for r in records
+             if r.run_secs and all(float(s) < 1e9 for s in r.run_secs)]
+    return min(times) * 1e3 if times else None
+
+
+# ------------------------------------------------------------------------------------ measuring
+
+
+def build_candidate(mod: tvm.IRModule, target: tvm.target.Target, _params) -> tvm.runtime.Module:
+    """MetaSchedule's default build without ``import tvm.s_tir.tensor_intrin``, which costs about
+    29 s in every fresh builder worker and so hits the 30 s build timeout."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
+
+
+def _builder(config: TuneConfig):
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.builder.LocalBuilder(max_workers=os.cpu_count() or 1, timeout_sec=config.timeout,
+                                   f_build=build_candidate)
+
+
+def _runner(config: TuneConfig, tracker: TrackerConfig, devices: int):
+    from tvm.s_tir import meta_schedule as ms
+
+    rpc_config = ms.runner.RPCConfig(tracker_host=tracker.host, tracker_port=tracker.port,
+                                     tracker_key=tracker.key,
+                                     session_timeout_sec=int(max(config.timeout,
+                                                                 tracker.session_timeout)))
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=3, min_repeat_ms=20,
+                                          enable_cpu_cache_flush=False)
+    return ms.runner.RPCRunner(rpc_config, evaluator, max_workers=devices)
+
+
+def measure_untuned(tasks: list[Task], builder, runner) -> dict[str, float | None]:
+    """Latency of each task's kernel as TVM compiles it without a schedule, on the device:
+    one batch of builds and runs for all tasks."""
+    from tvm.s_tir import meta_schedule as ms
+
+    mods = [task.extracted.dispatched[0] for task in tasks]
+    built = builder.build([ms.builder.BuilderInput(mod, task.extracted.target)
+                           for mod, task in zip(mods, tasks)])
+    inputs, owners = [], []
+    for task, mod, result in zip(tasks, mods, built):
+        if result.error_msg:
+            log.warning("untuned build of %s failed: %s", task.name, result.error_msg)
+            continue
+        inputs.append(ms.runner.RunnerInput(result.artifact_path, "cpu",
+                                            ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
+        owners.append(task.name)
+    latencies: dict[str, float | None] = {task.name: None for task in tasks}
+    try:
+        for name, future in zip(owners, runner.run(inputs)):
+            result = future.result()
+            if result.error_msg or not result.run_secs:
+                log.warning("untuned run of %s failed: %s", name, result.error_msg)
+                continue
+            latencies[name] = statistics.fmean(float(s) for s in result.run_secs) * 1e3
+    finally:
+        for result in built:
+            if result.artifact_path:
+                ms.utils.remove_build_dir(result.artifact_path)
+    return latencies
+
+
+def _task_logger(db_dir: Path, task: Task) -> logging.Logger:
+    """A file logger per task in the database's logs/ folder. MetaSchedule's own helper
+    reconfigures logging globally and logs every trial to stdout, which carries --json."""
+    logger = logging.getLogger(f"tvmshuffle.tune.task.{task.name}")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    if not logger.handlers:
+        (db_dir / "logs").mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(db_dir / "logs" / f"{task.name}.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s"))
+        logger.addHandler(handler)
+    return logger
+
+
+def _context(task: Task, config: TuneConfig, budget: int):
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.TuneContext(mod=task.extracted.dispatched[0], target=task.extracted.target,
+                          space_generator="post-order-apply", search_strategy=_search(budget),
+                          task_name=task.name, logger=_task_logger(config.db_dir, task),
+                          rand_state=config.seed, num_threads="physical").clone()
+
+
+def _search(budget: int):
+    """Evolutionary search sized to the budget: MetaSchedule's population of 512 and four
+    genetic rounds cost ~14 s per task on 2 cores, more than measuring a small budget."""
+    from tvm.s_tir import meta_schedule as ms
+
+    population = min(512, max(64, 16 * budget))
+    return ms.search_strategy.EvolutionarySearch(population_size=population,
+                                                 genetic_num_iters=4 if budget >= 32 else 2)
+
+
+def _progress_callback(task: Task, progress: Progress, start_best: float | None):
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    @derived_object
+    class _Report(ms.measure_callback.PyMeasureCallback):
+        def __init__(self):
+            self.done = 0
+            self.best = start_best
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
+                  runner_results):
+            for result in runner_results:
+                self.done += 1
+                secs = [float(s) for s in (result.run_secs or [])]
+                if not result.error_msg and secs and all(s < 1e9 for s in secs):
+                    ms_value = statistics.fmean(secs) * 1e3
+                    self.best = ms_value if self.best is None else min(self.best, ms_value)
+            progress.trials(task, self.done, self.best)
+
+    return _Report()
+
+
+# --------------------------------------------------------------------------------------- tuning
+
+
+def plan(tasks: list[Task], config: TuneConfig, database) -> dict[str, tuple[int, int]]:
+    """Per task: (records already in the database, trials still to run)."""
+    per_task = config.trials_per_task or max(1, math.ceil(config.trials / max(1, len(tasks))))
+    remaining = config.trials
+    target = config.target.tvm_target
+    result = {}
+    for task in tasks:
+        before = len(_records(database, task, target))
+        todo = max(0, min(per_task - before, remaining))
+        remaining -= todo
+        result[task.name] = (before, todo)
+    return result
+
+
+def tune(mod: tvm.IRModule, config: TuneConfig, tracker: TrackerConfig, devices: int,
+         progress: Progress | None = None) -> list[TaskResult]:
+    """Tune the selected tasks of ``mod`` into the database in ``config.db_dir``."""
+    from tvm.s_tir import meta_schedule as ms
+
+    progress = progress or Progress()
+    database = open_database(config.db_dir)
+    _, all_tasks = extract_tasks(mod, config)
+    tasks = select(all_tasks, config.ops)
+    budget = plan(tasks, config, database)
+    progress.start(tasks, {name: todo for name, (_, todo) in budget.items()})
+    builder, runner = _builder(config), _runner(config, tracker, devices)
+    # one XGBoost model for all tasks, so what it learns on one conv helps the next; it ranks
+    # candidates after 16 measurements instead of MetaSchedule's 100 (our budgets are small)
+    cost_model = ms.cost_model.XGBModel(num_warmup_samples=16)
+    target = config.target.tvm_target
+    untuned = measure_untuned(tasks, builder, runner)
+    results = []
+    for task in tasks:
+        before, todo = budget[task.name]
+        result = TaskResult(task, before, untuned_ms=untuned[task.name])
+        progress.task_started(task, todo)
+        if todo > 0:
+            callbacks = [*ms.measure_callback.MeasureCallback.create("default"),
+                         _progress_callback(task, progress,
+                                            best_ms(_records(database, task, target)))]
+            ms.tune_tasks(tasks=[_context(task, config, todo)],
+                          task_weights=[float(task.weight)], work_dir=str(config.db_dir),
+                          max_trials_global=todo, max_trials_per_task=todo,
+                          num_trials_per_iter=min(todo, 32), builder=builder, runner=runner,
+                          database=database, cost_model=cost_model,
+                          measure_callbacks=callbacks, task_scheduler="round-robin")
+        records = _records(database, task, target)
+        result.trials_run = len(records) - before
+        result.tuned_ms = best_ms(records)
+        progress.task_finished(result)
+        results.append(result)
+    return results
+
+
+def default_db_dir(target: TargetConfig, device: str) -> Path:
+    """schedules/host-<mcpu>/ for the host, schedules/<target>-<device>/ for a device."""
+    spec = dict(target.spec)
+    if target.name == "host":
+        return Path("schedules") / f"host-{spec.get('mcpu', 'generic')}"
+    if target.name in ("arm", "arm-linux"):
+        return Path("schedules") / f"{target.name}-{device}"
+    return Path("schedules") / "custom"
+
+
+def apply_database(db_dir: Path):
+    """The database to compile with (``compile --db``), after checking it."""
+    if not (db_dir / RECORD_FILE).exists():
+        raise DatabaseError(f"no tuning database in {db_dir} (expected {RECORD_FILE})")
+    return open_database(db_dir)
