@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -24,8 +25,13 @@ class _Group(click.Group):
             click.echo(f"Error: {err}", err=True)
             sys.exit(err.exit_code)
         except KeyboardInterrupt:
+            # Servers were stopped and records saved by the stages' own cleanup on the way
+            # here. Exit without interpreter teardown: TVM's worker pools and runtime threads,
+            # cut short by the same Ctrl-C, can abort the process while it finalizes.
             click.echo("Error: interrupted", err=True)
-            sys.exit(130)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
 
 
 def _input_size(ctx, param, value):

@@ -18,8 +18,10 @@ import logging
 import math
 import os
 import statistics
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 import tvm
 from tvm import relax
 
@@ -276,7 +278,12 @@ def _search(budget: int):
                                                  genetic_num_iters=4 if budget >= 32 else 2)
 
 
-def _progress_callback(task: Task, progress: Progress, start_best: float | None):
+class _Stop(Exception):
+    """Raised from a measure callback to end tune_tasks after a batch has been recorded."""
+
+
+def _progress_callback(task: Task, progress: Progress, start_best: float | None,
+                       stop: threading.Event):
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
 
@@ -295,6 +302,8 @@ def _progress_callback(task: Task, progress: Progress, start_best: float | None)
                     ms_value = statistics.fmean(secs) * 1e3
                     self.best = ms_value if self.best is None else min(self.best, ms_value)
             progress.trials(task, self.done, self.best)
+            if stop.is_set():  # the database callback before this one has saved the batch
+                raise _Stop()
 
     return _Report()
 
@@ -303,23 +312,27 @@ def _progress_callback(task: Task, progress: Progress, start_best: float | None)
 
 
 def plan(tasks: list[Task], config: TuneConfig, database) -> dict[str, tuple[int, int]]:
-    """Per task: (records already in the database, trials still to run)."""
+    """Per task: (records already in the database, trials still to run). Budgets count the
+    records already there, so re-running an interrupted command finishes the same budget."""
     per_task = config.trials_per_task or max(1, math.ceil(config.trials / max(1, len(tasks))))
-    remaining = config.trials
     target = config.target.tvm_target
+    before = {task.name: len(_records(database, task, target)) for task in tasks}
+    remaining = config.trials - sum(min(n, per_task) for n in before.values())
     result = {}
     for task in tasks:
-        before = len(_records(database, task, target))
-        todo = max(0, min(per_task - before, remaining))
+        todo = max(0, min(per_task - before[task.name], remaining))
         remaining -= todo
-        result[task.name] = (before, todo)
+        result[task.name] = (before[task.name], todo)
     return result
 
 
 def tune(mod: tvm.IRModule, config: TuneConfig, tracker: TrackerConfig, devices: int,
          progress: Progress | None = None) -> list[TaskResult]:
-    """Tune the selected tasks of ``mod`` into the database in ``config.db_dir``."""
-    from tvm.s_tir import meta_schedule as ms
+    """Tune the selected tasks of ``mod`` into the database in ``config.db_dir``.
+
+    Ctrl-C ends tuning after the batch being measured is recorded, then raises
+    KeyboardInterrupt: the database keeps every record, a re-run resumes."""
+    import xgboost  # noqa: F401 - imported here, not inside a callback that Ctrl-C may hit
 
     progress = progress or Progress()
     database = open_database(config.db_dir)
@@ -327,6 +340,42 @@ def tune(mod: tvm.IRModule, config: TuneConfig, tracker: TrackerConfig, devices:
     tasks = select(all_tasks, config.ops)
     budget = plan(tasks, config, database)
     progress.start(tasks, {name: todo for name, (_, todo) in budget.items()})
+    return _interruptible(lambda stop: _tune_tasks(tasks, budget, config, database, tracker,
+                                                   devices, progress, stop))
+
+
+def _interruptible(work: Callable[[threading.Event], list[TaskResult]]) -> list[TaskResult]:
+    """Run ``work`` in a thread so that Ctrl-C lands in plain Python (here), never inside
+    MetaSchedule's C++ loop or a callback it runs, where it crashes the process."""
+    stop = threading.Event()
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["value"] = work(stop)
+        except BaseException as err:  # handed to the main thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=run, name="tvmshuffle-tune", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.2)
+    except KeyboardInterrupt:
+        stop.set()
+        thread.join()
+        raise
+    error = outcome.get("error")
+    if error is not None:
+        raise error
+    return outcome["value"]
+
+
+def _tune_tasks(tasks: list[Task], budget: dict[str, tuple[int, int]], config: TuneConfig,
+                database, tracker: TrackerConfig, devices: int, progress: Progress,
+                stop: threading.Event) -> list[TaskResult]:
+    from tvm.s_tir import meta_schedule as ms
+
     builder, runner = _builder(config), _runner(config, tracker, devices)
     # one XGBoost model for all tasks, so what it learns on one conv helps the next; it ranks
     # candidates after 16 measurements instead of MetaSchedule's 100 (our budgets are small)
@@ -335,19 +384,26 @@ def tune(mod: tvm.IRModule, config: TuneConfig, tracker: TrackerConfig, devices:
     untuned = measure_untuned(tasks, builder, runner)
     results = []
     for task in tasks:
+        if stop.is_set():
+            raise KeyboardInterrupt
         before, todo = budget[task.name]
         result = TaskResult(task, before, untuned_ms=untuned[task.name])
         progress.task_started(task, todo)
         if todo > 0:
             callbacks = [*ms.measure_callback.MeasureCallback.create("default"),
                          _progress_callback(task, progress,
-                                            best_ms(_records(database, task, target)))]
-            ms.tune_tasks(tasks=[_context(task, config, todo)],
-                          task_weights=[float(task.weight)], work_dir=str(config.db_dir),
-                          max_trials_global=todo, max_trials_per_task=todo,
-                          num_trials_per_iter=min(todo, 32), builder=builder, runner=runner,
-                          database=database, cost_model=cost_model,
-                          measure_callbacks=callbacks, task_scheduler="round-robin")
+                                            best_ms(_records(database, task, target)), stop)]
+            try:
+                ms.tune_tasks(tasks=[_context(task, config, todo)],
+                              task_weights=[float(task.weight)], work_dir=str(config.db_dir),
+                              max_trials_global=todo, max_trials_per_task=todo,
+                              num_trials_per_iter=min(todo, 32), builder=builder,
+                              runner=runner, database=database, cost_model=cost_model,
+                              measure_callbacks=callbacks, task_scheduler="round-robin")
+            except Exception:
+                if stop.is_set():  # our _Stop, come back through MetaSchedule's C++ loop
+                    raise KeyboardInterrupt from None
+                raise
         records = _records(database, task, target)
         result.trials_run = len(records) - before
         result.tuned_ms = best_ms(records)

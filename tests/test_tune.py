@@ -1,0 +1,142 @@
+"""Tuning through a loopback tracker with real RPC servers: records, resume, faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from click.testing import CliRunner
+
+from tvmshuffle import remote, tune
+from tvmshuffle.cli import cli
+
+pytestmark = pytest.mark.slow
+
+MODEL = ("shufflenet_v1_g3_0.25x", "--input-size", "64x64")
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def tune_json(*args: str) -> dict:
+    result = invoke("tune", *MODEL, "--json", *args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def one_line_error(result, fragment: str) -> None:
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0], lines
+
+
+@pytest.fixture(scope="module")
+def tracker():
+    """A loopback tracker with one real `tvm.exec.rpc_server` registered under 'testcpu'."""
+    with remote.embedded_device(threads=1, key="testcpu") as config:
+        yield config
+
+
+def record_lines(db) -> list[bytes]:
+    return (db / tune.RECORD_FILE).read_bytes().splitlines()
+
+
+def test_embedded_tune_writes_records_resumes_and_compiles(tmp_path):
+    """With no tracker: records are appended, a re-run resumes, compile --db is correct."""
+    db = tmp_path / "db"
+    first = tune_json("--ops", "depthwise", "--trials", "4", "--db", str(db))
+    ran = [t for t in first["tasks"] if t["trials_run"]]
+    assert ran and all(t["kind"] == "depthwise" for t in first["tasks"])
+    lines = record_lines(db)
+    assert len(lines) == sum(t["trials_run"] for t in first["tasks"]) >= 4
+
+    again = tune_json("--ops", "depthwise", "--trials", "4", "--db", str(db))
+    assert sum(t["trials_run"] for t in again["tasks"]) == 0, "everything was at budget"
+    assert {t["name"]: t["trials_before"] for t in again["tasks"] if t["trials_before"]} == {
+        t["name"]: t["trials_run"] for t in ran}
+    assert record_lines(db) == lines, "a resumed run rewrote nothing"
+
+    out = tmp_path / "out"
+    result = invoke("compile", *MODEL, "--db", str(db), "-o", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    tuned = json.loads(result.stdout)["tuning"]["tuned_kernels"]
+    assert {t["name"] for t in ran} <= set(tuned)
+    run = json.loads(invoke("run", str(out), "--json", "--repeat", "3").stdout)
+    assert run["max_abs_err"] < 1e-4
+
+
+def test_tune_through_an_explicit_tracker(tracker, tmp_path):
+    """--rpc-tracker/--rpc-key measure on the device registered there."""
+    data = tune_json("--ops", "depthwise", "--trials", "2", "--db", str(tmp_path / "db"),
+                     "--rpc-tracker", tracker.address, "--rpc-key", tracker.key)
+    assert data["tracker"] == tracker.address and data["key"] == "testcpu"
+    assert sum(t["trials_run"] for t in data["tasks"]) == 2
+    assert any(t["tuned_ms"] for t in data["tasks"])
+
+
+def test_unreachable_tracker_fails_fast(tmp_path):
+    """A tracker nobody listens on is reported in one line within the timeout."""
+    start = time.monotonic()
+    result = invoke("tune", *MODEL, "--rpc-tracker", f"127.0.0.1:{remote._free_port()}",
+                    "--rpc-key", "x", "--timeout", "5", "--db", str(tmp_path / "db"))
+    one_line_error(result, "unreachable")
+    assert time.monotonic() - start < 60
+
+
+def test_unknown_key_lists_the_keys(tracker, tmp_path):
+    """No device under the key: the error lists the keys the tracker has."""
+    result = invoke("tune", *MODEL, "--rpc-tracker", tracker.address, "--rpc-key", "pixel9",
+                    "--db", str(tmp_path / "db"))
+    one_line_error(result, "testcpu (1 free)")
+
+
+def test_corrupt_database_line_is_named_and_kept(tmp_path):
+    """A truncated record names its file and line; the database is left as it was."""
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / tune.WORKLOAD_FILE).write_text("")
+    (db / tune.RECORD_FILE).write_text('[0, [[], [1e-05], {"kind": "llvm"}\n')
+    before = (db / tune.RECORD_FILE).read_bytes()
+    result = invoke("tune", *MODEL, "--db", str(db), "--trials", "1")
+    one_line_error(result, f"{tune.RECORD_FILE}:1: corrupt tuning record")
+    assert (db / tune.RECORD_FILE).read_bytes() == before
+
+
+def test_target_tvm_rejects(tmp_path):
+    """A target TVM refuses is reported before any work."""
+    result = invoke("tune", *MODEL, "--target", '{"kind": "llvm", "mtriple": 7}',
+                    "--db", str(tmp_path / "db"))
+    assert result.exit_code != 0 and result.stderr.startswith("Error: ")
+
+
+def test_ctrl_c_keeps_records_and_stops_servers(tmp_path):
+    """SIGINT mid-tuning: exit 130, records so far intact and loadable, no server left."""
+    db = tmp_path / "db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tvmshuffle.cli", "tune", *MODEL, "--ops", "all", "--trials",
+         "64", "--db", str(db)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True)
+    records = db / tune.RECORD_FILE
+    deadline = time.monotonic() + 400
+    while (not records.exists() or len(records.read_bytes().splitlines()) < 2):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "no record written in time"
+        time.sleep(1)
+    servers = [child for child in psutil.Process(proc.pid).children(recursive=True)
+               if "tvm.exec.rpc_" in " ".join(child.cmdline())]
+    assert len(servers) == 2, "the embedded tracker and device server"
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr.decode()
+    assert "Error: interrupted" in stderr.decode()
+    tune.check_database(db)  # every line still parses
+    assert len(records.read_bytes().splitlines()) >= 2
+    assert not [server for server in servers if server.is_running()
+                and server.status() != psutil.STATUS_ZOMBIE], "servers left running"
