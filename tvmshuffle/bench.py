@@ -168,3 +168,52 @@ def onnxruntime_runner(path: Path, input_name: str, x: np.ndarray,
 
     session = onnxruntime_session(path, threads)
     return lambda: session.run(None, {input_name: x})
+
+
+@dataclass(frozen=True)
+class KernelTime:
+    name: str
+    calls: int
+    total_ms: float  # per inference, all calls
+
+
+def profile_kernels(artifact: Artifact, threads: int = 1, runs: int = 10) -> list[KernelTime]:
+    """Time every kernel call of the artifact's VM (``vm.set_instrument``; the Relax VM has no
+    profiler): per-inference milliseconds of each kernel, median over ``runs`` inferences."""
+    set_threads(threads)
+    dev = tvm.cpu()
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(artifact.library)), dev)
+    x = tvm.runtime.tensor(artifact.input, dev)
+    samples: dict[str, list[float]] = {}
+    current: dict[str, float] = {}
+    started: list[float] = []
+
+    def instrument(func, name, before_run, ret_value, *args):
+        if before_run:
+            started.append(time.perf_counter())
+        else:
+            current[name] = current.get(name, 0.0) + time.perf_counter() - started.pop()
+        return 0
+
+    vm["main"](x)  # warm-up, uninstrumented
+    vm.set_instrument(instrument)
+    calls: dict[str, int] = {}
+    for run in range(runs):
+        current.clear()
+        vm["main"](x)
+        for name, secs in current.items():
+            samples.setdefault(name, []).append(secs * 1e3)
+    # count calls once
+    counter: dict[str, int] = {}
+
+    def count(func, name, before_run, ret_value, *args):
+        if before_run:
+            counter[name] = counter.get(name, 0) + 1
+        return 0
+
+    vm.set_instrument(count)
+    vm["main"](x)
+    calls.update(counter)
+    kernels = [KernelTime(name, calls.get(name, 0), statistics.median(values))
+               for name, values in samples.items() if not name.startswith("vm.builtin")]
+    return sorted(kernels, key=lambda k: -k.total_ms)

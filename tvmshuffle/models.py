@@ -47,10 +47,12 @@ def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
 class ShuffleUnit(nn.Module):
     """One ShuffleNet v1 unit (Figure 2 b/c of the paper)."""
 
-    def __init__(self, cin: int, cout: int, groups: int, stride: int, first_grouped: bool = True):
+    def __init__(self, cin: int, cout: int, groups: int, stride: int, first_grouped: bool = True,
+                 shuffle: bool = True):
         super().__init__()
         self.stride = stride
         self.groups = groups
+        self.shuffle = shuffle
         mid = cout // 4
         branch_out = cout - cin if stride == 2 else cout
         self.pw1 = _conv_bn(cin, mid, 1, groups=groups if first_grouped else 1)
@@ -60,7 +62,7 @@ class ShuffleUnit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.pw1(x)
-        if self.groups > 1:
+        if self.shuffle and self.groups > 1:
             y = channel_shuffle(y, self.groups)
         y = self.pw2(self.dw(y))
         if self.stride == 2:
@@ -76,7 +78,10 @@ class ShuffleNetV1(nn.Module):
     """ShuffleNet v1 per Table 1: g groups, width scale s ("ShuffleNet s x": every layer's
     channels times s), stage repeats 4/8/4."""
 
-    def __init__(self, groups: int = 3, scale: float = 1.0, num_classes: int = 1000):
+    def __init__(self, groups: int = 3, scale: float = 1.0, num_classes: int = 1000,
+                 shuffle: bool = True):
+        """``shuffle=False`` deletes the channel shuffles: a network that computes something
+        else, used only as the lower bound of what a shuffle can cost."""
         super().__init__()
         # Every unit needs its bottleneck (out/4) divisible by g, so stage widths are rounded
         # to multiples of 4g; at 1x this reproduces Table 1 exactly. Conv1 (24 channels at 1x)
@@ -93,7 +98,8 @@ class ShuffleNetV1(nn.Module):
             for i in range(repeat):
                 units.append(ShuffleUnit(cin if i == 0 else cout, cout, groups,
                                          stride=2 if i == 0 else 1,
-                                         first_grouped=not (stage == 0 and i == 0)))
+                                         first_grouped=not (stage == 0 and i == 0),
+                                         shuffle=shuffle))
             cin = cout
         self.stages = nn.Sequential(*units)
         self.pool = nn.AdaptiveAvgPool2d(1)
