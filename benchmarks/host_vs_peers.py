@@ -5,6 +5,7 @@ engine's ratio to ONNX Runtime (machines are noisy: compare ratios from one run,
 numbers across runs).
 
     python benchmarks/host_vs_peers.py [--models a,b] [--size 224x224] [--threads 1] [--repeat 30]
+        [--db schedules/host-znver5]   # compile with a tuning database (default: untuned)
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ DEFAULT_MODELS = ("shufflenet_v1_g3_0.5x", "shufflenet_v1_g3_1.0x", "shufflenet_
                   "mobilenet_v1_1.0", "alexnet")
 
 
-def measure(name: str, size: tuple[int, int], threads: int, repeat: int, work: Path) -> dict:
+def measure(name: str, size: tuple[int, int], threads: int, repeat: int, work: Path,
+            db: Path | None) -> dict:
     spec = frontends.ModelSpec(name, size)
     imported = frontends.load(spec)
     start = time.perf_counter()
-    manifest = export.build_artifact(imported, export.CompileConfig(target.resolve("host")),
-                                     work / name)
+    config = export.CompileConfig(target.resolve("host", threads=threads), db=db)
+    manifest = export.build_artifact(imported, config, work / name)
     build_s = time.perf_counter() - start
     artifact = bench.load_artifact(work / name)
     tvm_run = bench.run_local(artifact, threads=threads, repeat=repeat)
@@ -48,6 +50,8 @@ def measure(name: str, size: tuple[int, int], threads: int, repeat: int, work: P
     }
     return {
         "model": name, "mflops": manifest["flops"]["mflops"], "build_s": round(build_s, 1),
+        "tuned_kernels": len(manifest["tuning"]["tuned_kernels"]),
+        "kernels": len(manifest["kernels"]),
         "max_abs_err": {"tvmshuffle": tvm_run.max_abs_err, **errors},
         "latency_ms": {
             "tvmshuffle": tvm_run.latency.as_json(),
@@ -63,6 +67,7 @@ def main() -> None:
     parser.add_argument("--size", default="224x224")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--db", type=Path, help="Tuning database to compile with.")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
     args = parser.parse_args()
     size = frontends.parse_input_size(args.size)
@@ -70,16 +75,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             models.lookup(name)
-            rows.append(measure(name, size, args.threads, args.repeat, Path(tmp)))
+            rows.append(measure(name, size, args.threads, args.repeat, Path(tmp), args.db))
 
-    table = Table(title=f"host, {args.threads} thread(s), {args.size}, median ms "
-                        "(ratio to ONNX Runtime)")
-    for column in ("model", "MFLOPs", "tvmshuffle", "ONNX Runtime", "PyTorch", "max abs err"):
+    state = f"tuned with {args.db}" if args.db else "untuned"
+    table = Table(title=f"host, {args.threads} thread(s), {args.size}, tvmshuffle {state}, "
+                        "median ms (ratio to ONNX Runtime)")
+    for column in ("model", "MFLOPs", "tuned kernels", "tvmshuffle", "ONNX Runtime", "PyTorch",
+                   "max abs err"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in rows:
         lat = {k: v["median_ms"] for k, v in row["latency_ms"].items()}
         ort = lat["onnxruntime"]
         table.add_row(row["model"], f"{row['mflops']:.0f}",
+                      f"{row['tuned_kernels']}/{row['kernels']}",
                       f"{lat['tvmshuffle']:.2f} ({lat['tvmshuffle'] / ort:.2f}x)",
                       f"{ort:.2f} (1.00x)", f"{lat['torch']:.2f} ({lat['torch'] / ort:.2f}x)",
                       f"{max(row['max_abs_err'].values()):.1e}")
@@ -88,7 +96,8 @@ def main() -> None:
         args.json.write_text(json.dumps({
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": platform.processor() or platform.machine(),
-            "threads": args.threads, "size": args.size, "rows": rows}, indent=2))
+            "threads": args.threads, "size": args.size, "db": str(args.db) if args.db else None,
+            "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -134,19 +134,24 @@ def flops_cmd(model: str, input_size, per_layer: bool, as_json: bool) -> None:
 @click.option("--no-fuse-shuffle", is_flag=True,
               help="Leave channel shuffles as their own kernels (for comparison).")
 @click.option("--db", type=click.Path(path_type=Path),
-              help="Apply the best schedules of this tuning database (see `tvmshuffle tune`).")
+              help="Apply the best schedules of this tuning database (default: "
+                   "schedules/<target>/ when it exists, as `tvmshuffle tune` writes it).")
+@click.option("--no-db", is_flag=True, help="Build untuned, ignoring any database.")
 @threads_option
 @json_option
 def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dump_ir,
-                no_fuse_shuffle, db, threads, as_json) -> None:
+                no_fuse_shuffle, db, no_db, threads, as_json) -> None:
     """Import MODEL, optimize it and build OUT/model.so with OUT/manifest.json.
 
     Channel shuffles are fused into the convolution that consumes them; the summary and
     manifest.json ("data_movement_kernels") list any kernel left that only moves data."""
-    from . import export, frontends, report, target
+    from . import export, frontends, report, target, tune
 
-    config = export.CompileConfig(target.resolve(target_name, device, threads),
-                                  not no_fuse_shuffle, db)
+    resolved = target.resolve(target_name, device, threads)
+    if db is None and not no_db:
+        default = tune.default_db_dir(resolved, device)
+        db = default if (default / tune.RECORD_FILE).exists() else None
+    config = export.CompileConfig(resolved, not no_fuse_shuffle, None if no_db else db)
     export.prepare_out_dir(out_dir)
     with report.step(f"importing {model}", quiet=as_json):
         imported = frontends.load(frontends.ModelSpec(model, input_size, state_dict))

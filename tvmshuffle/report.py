@@ -85,6 +85,13 @@ def compile_summary(manifest: dict, out_dir: str) -> None:
     shape = "x".join(map(str, manifest["input"]["shape"]))
     out.print(f"  input {manifest['input']['name']} {shape} {manifest['input']['dtype']}, "
               f"{manifest['flops']['mflops']:.1f} MFLOPs, {len(manifest['kernels'])} kernels")
+    tuning = manifest["tuning"]
+    if tuning["db"]:
+        out.print(f"  tuned kernels: {len(tuning['tuned_kernels'])}/{len(manifest['kernels'])}"
+                  f" from {tuning['db']}")
+    else:
+        out.print("  [yellow]untuned[/yellow]: no tuning database (run `tvmshuffle tune`); "
+                  "expect naive, slow kernels")
     moving = manifest["data_movement_kernels"]
     state = "fused" if manifest["fuse_shuffle"] else "not fused (--no-fuse-shuffle)"
     out.print(f"  channel shuffle {state}; kernels that only move data: {len(moving)}"

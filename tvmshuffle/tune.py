@@ -219,6 +219,8 @@ def measure_untuned(tasks: list[Task], builder, runner) -> dict[str, float | Non
     one batch of builds and runs for all tasks."""
     from tvm.s_tir import meta_schedule as ms
 
+    if not tasks:
+        return {}
     mods = [task.extracted.dispatched[0] for task in tasks]
     built = builder.build([ms.builder.BuilderInput(mod, task.extracted.target)
                            for mod, task in zip(mods, tasks)])
@@ -381,7 +383,9 @@ def _tune_tasks(tasks: list[Task], budget: dict[str, tuple[int, int]], config: T
     # candidates after 16 measurements instead of MetaSchedule's 100 (our budgets are small)
     cost_model = ms.cost_model.XGBModel(num_warmup_samples=16)
     target = config.target.tvm_target
-    untuned = measure_untuned(tasks, builder, runner)
+    # untuned latency only of the tasks tuned now: resumed ones keep the table's "-"
+    untuned = {task.name: None for task in tasks}
+    untuned.update(measure_untuned([t for t in tasks if budget[t.name][1] > 0], builder, runner))
     results = []
     for task in tasks:
         if stop.is_set():
