@@ -140,3 +140,48 @@ def test_ctrl_c_keeps_records_and_stops_servers(tmp_path):
     assert len(records.read_bytes().splitlines()) >= 2
     assert not [server for server in servers if server.is_running()
                 and server.status() != psutil.STATUS_ZOMBIE], "servers left running"
+
+
+def test_a_device_dying_mid_tuning_does_not_stop_it(tracker, tmp_path):
+    """Two devices under a key, one killed mid-run: tuning finishes on the other, every record
+    written before and after is kept."""
+    key_config = remote.TrackerConfig(tracker.host, tracker.port, "dual")
+    servers = [subprocess.Popen(
+        [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port",
+         str(remote._free_port()), "--tracker", tracker.address, "--key", "dual", "--silent"],
+        env={**os.environ, "TVM_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if remote.free_devices(key_config) == 2:
+                    break
+            except Exception:
+                pass
+            assert time.monotonic() < deadline, "devices did not register"
+            time.sleep(0.5)
+        db = tmp_path / "db"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tvmshuffle.cli", "tune", *MODEL, "--ops", "depthwise",
+             "--trials", "24", "--timeout", "20", "--db", str(db), "--rpc-tracker",
+             tracker.address, "--rpc-key", "dual", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        records = db / tune.RECORD_FILE
+        while not records.exists() or not records.read_bytes().strip():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline + 600, "no record written in time"
+            time.sleep(0.5)
+        os.killpg(servers[0].pid, signal.SIGKILL)
+        at_kill = len(records.read_bytes().splitlines())
+        stdout, stderr = proc.communicate(timeout=900)
+        assert proc.returncode == 0, stderr.decode()[-2000:]
+        data = json.loads(stdout)
+        tune.check_database(db)
+        assert len(records.read_bytes().splitlines()) > at_kill, "tuning went on"
+        assert sum(t["trials_run"] for t in data["tasks"]) == len(records.read_bytes().splitlines())
+    finally:
+        for server in servers:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

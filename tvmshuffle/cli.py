@@ -74,6 +74,7 @@ def cli(verbose: bool) -> None:
     tvmshuffle tune MODEL                   auto-tune its kernels (embedded device or tracker)
     tvmshuffle compile MODEL -o OUT         build OUT/model.so + manifest.json (--db: tuned)
     tvmshuffle run OUT                      check numerics and time it on this machine
+    tvmshuffle compare                      FLOPs vs measured speedup (the paper's Table 8)
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -230,6 +231,72 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
     data = report.tune_json(results, config, tracker.address, tracker.key,
                             _time.perf_counter() - start)
     report.emit_json(data) if as_json else report.tune_table(data)
+
+
+@cli.command()
+@target_option
+@click.option("--models", "model_list", help="Comma-separated zoo models (default: ShuffleNet "
+              "0.5x/1x/2x g3, AlexNet, MobileNet v1 1.0, as in the paper's Table 8).")
+@click.option("--sizes", default="224x224,480x640,720x1280", show_default=True,
+              help="Comma-separated input sizes HxW.")
+@click.option("--db", type=click.Path(path_type=Path),
+              help="Tuning database (default: schedules/<target>/ when it exists).")
+@click.option("--baselines", default="torch,onnxruntime", show_default=True,
+              help="Host peers to time in the same run: torch, onnxruntime, or none.")
+@threads_option
+@click.option("--repeat", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Timed runs per cell (median).")
+@click.option("-o", "--output", "report_dir", default="report", show_default=True,
+              type=click.Path(path_type=Path),
+              help="Report directory: report.md, report.json, speedup.png.")
+@json_option
+def compare(target_name, model_list, sizes, db, baselines, threads, repeat, report_dir,
+            as_json) -> None:
+    """FLOPs against measured latency, the paper's Table 8 on this machine: theoretical and
+    measured speedup over AlexNet and MobileNet, beside PyTorch and ONNX Runtime.
+
+    AlexNet takes every size: adaptive average pooling before its classifier (the identity at
+    224x224) keeps its FC layers' shapes."""
+    import datetime
+    import platform
+
+    import tvm
+
+    from . import compare as comparing
+    from . import export, report, target, tune
+
+    resolved = target.resolve(target_name, threads=threads)
+    if not resolved.runs_on_host:
+        raise BadInputError(f"compare runs on this machine for now; {resolved.triple} needs "
+                            "`tvmshuffle deploy`, which is not built yet")
+    names = tuple(n.strip() for n in (model_list or ",".join(comparing.DEFAULT_MODELS))
+                  .split(",") if n.strip())
+    comparing.check_models(names)
+    peers = tuple(b.strip() for b in baselines.split(",") if b.strip() and b.strip() != "none")
+    unknown = [b for b in peers if b not in comparing.BASELINES]
+    if unknown:
+        raise BadInputError(f"unknown baseline(s) {', '.join(unknown)}: use torch, onnxruntime")
+    if db is None:
+        default = tune.default_db_dir(resolved, "generic")
+        db = default if (default / tune.RECORD_FILE).exists() else None
+    config = comparing.CompareConfig(resolved, names, comparing.parse_sizes(sizes), peers, db,
+                                     int(dict(resolved.spec)["num-cores"]), repeat)
+    export.prepare_out_dir(report_dir)
+    with report.step("compiling and timing every model and size", quiet=as_json):
+        cells = comparing.run(config)
+    environment = {
+        "device": f"host ({platform.processor() or platform.machine()}, "
+                  f"{dict(resolved.spec).get('mcpu')})",
+        "emulated": False, "target": resolved.as_json()["str"], "tvm_version": tvm.__version__,
+        "threads": config.threads, "db": str(db) if db else None,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    data = report.compare_json(cells, config, environment)
+    report.write_compare(report_dir, data)
+    if as_json:
+        report.emit_json(data)
+    else:
+        report.compare_table(data)
+        report.out.print(f"report: {report_dir}/report.md, report.json, speedup.png")
 
 
 @cli.command()

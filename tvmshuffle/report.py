@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from typing import Iterator
 
@@ -203,3 +204,131 @@ def tune_table(data: dict) -> None:
                       trials, fmt(row["untuned_ms"]), fmt(row["tuned_ms"]),
                       fmt(row["speedup"], ".1f") + ("x" if row["speedup"] else ""))
     out.print(table)
+
+
+def _size(size) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def compare_json(cells, config, environment: dict) -> dict:
+    from . import compare
+
+    over = {b: compare.speedups(cells, b) for b in ("alexnet", "mobilenet_v1_1.0")}
+    rows = []
+    for cell in cells:
+        key = (cell.model, cell.size)
+        paper = compare.PAPER_SD820_MS.get(cell.model, (None, {}))[1].get(tuple(cell.size))
+        rows.append({
+            "model": cell.model, "size": _size(cell.size), "mflops": round(cell.macs / 1e6, 2),
+            "latency_ms": cell.latency_ms, "max_abs_err": cell.max_abs_err,
+            "tuned_kernels": cell.tuned_kernels, "kernels": cell.kernels,
+            "peers_ms": cell.peers_ms, "error": cell.error, "paper_sd820_ms": paper,
+            "speedup_over": {b: over[b].get(key) for b in over},
+        })
+    return {"environment": environment, "rows": rows,
+            "flops_to_speed": compare.flops_to_speed(cells)}
+
+
+def compare_table(data: dict, console: Console | None = None) -> None:
+    console = console or out
+    env = data["environment"]
+    table = Table(title=f"FLOPs vs measured latency on {env['device']} ({env['threads']} "
+                        f"thread(s){', EMULATED: timings mean nothing' if env['emulated'] else ''})"
+                        "; speedups: theoretical / measured (efficiency)")
+    for column in ("model", "size", "MFLOPs", "tvmshuffle ms", "tuned", "PyTorch ms",
+                   "ORT ms", "paper SD820 ms", "vs AlexNet", "vs MobileNet"):
+        table.add_column(column, justify="left" if column in ("model", "size") else "right")
+
+    def speed(entry):
+        if not entry:
+            return "-"
+        measured = f"{entry['measured']:.1f}x" if entry["measured"] else "?"
+        eff = f" ({entry['efficiency']:.2f})" if entry["efficiency"] else ""
+        return f"{entry['theoretical']:.1f}x / {measured}{eff}"
+
+    for row in data["rows"]:
+        peers = row["peers_ms"] or {}
+        latency = (f"{row['latency_ms']:.2f}" if row["latency_ms"] is not None
+                   else f"[red]missing[/red]")
+        table.add_row(row["model"], row["size"], f"{row['mflops']:.0f}", latency,
+                      f"{row['tuned_kernels']}/{row['kernels']}",
+                      f"{peers['torch']:.2f}" if "torch" in peers else "-",
+                      f"{peers['onnxruntime']:.2f}" if "onnxruntime" in peers else "-",
+                      f"{row['paper_sd820_ms']}" if row["paper_sd820_ms"] else "-",
+                      speed(row["speedup_over"]["alexnet"]),
+                      speed(row["speedup_over"]["mobilenet_v1_1.0"]))
+    console.print(table)
+    fit = data["flops_to_speed"]
+    if fit:
+        console.print(f"ShuffleNet family: 4x fewer FLOPs -> {fit['speed_for_4x_fewer_flops']:.2f}x "
+                  f"faster (slope {fit['slope']:.2f}; the paper: 4x -> 2.6x)")
+    for row in data["rows"]:
+        if row["error"]:
+            console.print(f"[red]missing[/red] {row['model']} at {row['size']}: {row['error']}")
+
+
+def write_compare(report_dir, data: dict) -> None:
+    """report.json, report.md and speedup.png (FLOPs vs latency, log-log) in ``report_dir``."""
+    from pathlib import Path
+
+    report_dir = Path(report_dir)
+    (report_dir / "report.json").write_text(json.dumps(data, indent=2) + "\n")
+    with open(os.devnull, "w") as sink:
+        record = Console(record=True, width=200, file=sink)
+        compare_table(data, record)
+    env = data["environment"]
+    (report_dir / "report.md").write_text(
+        "# tvmshuffle compare\n\n"
+        + "".join(f"- {k}: {v}\n" for k, v in env.items())
+        + "\n```\n" + record.export_text() + "```\n\n![FLOPs vs latency](speedup.png)\n")
+    _plot(data, report_dir / "speedup.png")
+
+
+def _plot(data: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import compare
+
+    fig, ax = plt.subplots(figsize=(8, 6))
+    series: dict = {}
+    for row in data["rows"]:
+        flops = row["mflops"]
+        if row["latency_ms"]:
+            series.setdefault(("tvmshuffle", row["size"]), []).append((flops, row["latency_ms"]))
+        for engine, ms_value in (row["peers_ms"] or {}).items():
+            series.setdefault((engine, row["size"]), []).append((flops, ms_value))
+    markers = {"tvmshuffle": "o", "torch": "s", "onnxruntime": "^"}
+    for (engine, size), points in sorted(series.items()):
+        points.sort()
+        ax.plot(*zip(*points), marker=markers.get(engine, "x"), label=f"{engine} {size}")
+    # the paper's phone, at the FLOPs we count for the same model and size (ours reproduce
+    # the paper's at 224x224)
+    counted = {(r["model"], r["size"]): r["mflops"] for r in data["rows"]}
+    for size in compare.DEFAULT_SIZES:
+        points = sorted((counted[(model, _size(size))], by_size[size])
+                        for model, (_, by_size) in compare.PAPER_SD820_MS.items()
+                        if (model, _size(size)) in counted)
+        if points:
+            ax.plot(*zip(*points), linestyle=":", marker="*", color="grey", alpha=0.6,
+                    label=f"paper SD820 {_size(size)}")
+    measured = [(r["mflops"], r["latency_ms"]) for r in data["rows"] if r["latency_ms"]]
+    if measured:
+        x0, y0 = min(measured)
+        xs = [min(m for m, _ in measured), max(m for m, _ in measured) * 2]
+        ax.plot(xs, [y0 * x / x0 for x in xs], color="black", linewidth=0.8,
+                label="ideal: latency proportional to FLOPs")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("MFLOPs (multiply-adds, at the input size)")
+    ax.set_ylabel("latency, ms")
+    env = data["environment"]
+    ax.set_title(f"FLOPs vs latency on {env['device']}" + (" (emulated)" if env["emulated"]
+                                                            else ""))
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,168 @@
+"""The paper's Table 8 on this machine: FLOPs against measured latency, per model and size.
+
+For each model and input size: FLOPs counted from the imported module, the model compiled
+(with the tuning database where it has records) and its numerics checked, its latency measured,
+and the host peers (PyTorch eager, ONNX Runtime) timed on the same input with the same threads.
+Theoretical speedup over a baseline is the FLOPs ratio, measured speedup the latency ratio, and
+efficiency their quotient. Measures and returns data; report.py formats and writes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import bench, export, flops, frontends, models
+from .errors import BadInputError, TvmShuffleError
+from .target import TargetConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODELS = ("shufflenet_v1_g3_0.5x", "shufflenet_v1_g3_1.0x", "shufflenet_v1_g3_2.0x",
+                  "alexnet", "mobilenet_v1_1.0")
+DEFAULT_SIZES = ((224, 224), (480, 640), (720, 1280))
+BASELINES = ("torch", "onnxruntime")
+
+# The paper's Table 8 (Snapdragon 820, single thread, ms), for reference lines only.
+PAPER_SD820_MS = {
+    "shufflenet_v1_g3_0.5x": (38, {(224, 224): 15.2, (480, 640): 87.4, (720, 1280): 260.1}),
+    "shufflenet_v1_g3_1.0x": (140, {(224, 224): 37.8, (480, 640): 222.2, (720, 1280): 684.5}),
+    "shufflenet_v1_g3_2.0x": (524, {(224, 224): 108.8, (480, 640): 617.0, (720, 1280): 1857.6}),
+    "alexnet": (720, {(224, 224): 184.0, (480, 640): 1156.7, (720, 1280): 3633.9}),
+    "mobilenet_v1_1.0": (569, {(224, 224): 110.0, (480, 640): 612.0, (720, 1280): 1879.2}),
+}
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    target: TargetConfig
+    models: tuple[str, ...] = DEFAULT_MODELS
+    sizes: tuple[tuple[int, int], ...] = DEFAULT_SIZES
+    baselines: tuple[str, ...] = BASELINES
+    db: Path | None = None
+    threads: int = 1
+    repeat: int = 10
+
+
+@dataclass
+class Cell:
+    """One model at one size."""
+
+    model: str
+    size: tuple[int, int]
+    macs: int
+    latency_ms: float | None = None  # tvmshuffle .so on the device
+    max_abs_err: float | None = None
+    tuned_kernels: int = 0
+    kernels: int = 0
+    peers_ms: dict | None = None  # engine -> ms on the host
+    error: str | None = None  # why the cell is missing
+
+
+def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    sizes = tuple(frontends.parse_input_size(part) for part in text.split(",") if part.strip())
+    if not sizes:
+        raise BadInputError(f"bad --sizes '{text}': expected e.g. 224x224,480x640")
+    return sizes
+
+
+def check_models(names: tuple[str, ...]) -> None:
+    for name in names:
+        models.lookup(name)
+
+
+def measure_cell(name: str, size: tuple[int, int], config: CompareConfig, work: Path) -> Cell:
+    imported = frontends.load(frontends.ModelSpec(name, size))
+    cell = Cell(name, size, flops.count(imported.mod).macs)
+    out = work / f"{name}-{size[0]}x{size[1]}"
+    try:
+        manifest = export.build_artifact(
+            imported, export.CompileConfig(config.target, db=config.db), out)
+        artifact = bench.load_artifact(out)
+        result = bench.run_local(artifact, config.threads, config.repeat)
+    except TvmShuffleError as err:  # a lost device or wrong numerics: mark the cell, go on
+        cell.error = str(err)
+        return cell
+    cell.latency_ms = result.latency.median_ms
+    cell.max_abs_err = result.max_abs_err
+    cell.tuned_kernels = len(manifest["tuning"]["tuned_kernels"])
+    cell.kernels = len(manifest["kernels"])
+    cell.peers_ms = _peers(name, imported, artifact, config, work)
+    return cell
+
+
+def _peers(name: str, imported, artifact: bench.Artifact, config: CompareConfig,
+           work: Path) -> dict:
+    peers = {}
+    module = models.build(name)
+    x = artifact.input
+    if "torch" in config.baselines:
+        peers["torch"] = bench.time_callable(bench.torch_runner(module, x, config.threads),
+                                             config.repeat).median_ms
+    if "onnxruntime" in config.baselines:
+        path = frontends.export_onnx(module, imported.input_shape, work / f"{name}.onnx")
+        runner = bench.onnxruntime_runner(path, "input", x, config.threads)
+        err = bench.max_abs_error([np.asarray(runner()[0])], artifact.expected)
+        if err > bench.DEFAULT_TOLERANCE:
+            log.warning("ONNX Runtime disagrees with PyTorch on %s by %.2g", name, err)
+        peers["onnxruntime"] = bench.time_callable(runner, config.repeat).median_ms
+    return peers
+
+
+def run(config: CompareConfig, progress=None) -> list[Cell]:
+    """Every model at every size; a cell that fails is kept with its error."""
+    cells = []
+    with tempfile.TemporaryDirectory(prefix="tvmshuffle-compare-") as tmp:
+        for size in config.sizes:
+            for name in config.models:
+                if progress:
+                    progress(f"{name} at {size[0]}x{size[1]}")
+                cells.append(measure_cell(name, size, config, Path(tmp)))
+    return cells
+
+
+def speedups(cells: list[Cell], baseline: str) -> dict[tuple[str, tuple[int, int]], dict]:
+    """Per (model, size): theoretical (FLOPs) and measured (latency) speedup over ``baseline``
+    at the same size, and efficiency = measured / theoretical."""
+    base = {c.size: c for c in cells if c.model == baseline}
+    result = {}
+    for cell in cells:
+        ref = base.get(cell.size)
+        if ref is None:
+            continue
+        theoretical = ref.macs / cell.macs
+        measured = (ref.latency_ms / cell.latency_ms
+                    if ref.latency_ms and cell.latency_ms else None)
+        result[(cell.model, cell.size)] = {
+            "theoretical": theoretical, "measured": measured,
+            "efficiency": measured / theoretical if measured else None}
+    return result
+
+
+def flops_to_speed(cells: list[Cell], family: str = "shufflenet") -> dict | None:
+    """Least-squares slope b of log(latency) against log(FLOPs) over a model family at each
+    size: k x fewer FLOPs gives k**b x the speed (the paper: 4x -> 2.6x, b = 0.69)."""
+    # one intercept per size, one slope for all: centre each size's points
+    by_size: dict = {}
+    for cell in cells:
+        if cell.model.startswith(family) and cell.latency_ms:
+            by_size.setdefault(cell.size, []).append((math.log(cell.macs),
+                                                      math.log(cell.latency_ms)))
+    xs, ys = [], []
+    for group in by_size.values():
+        if len(group) < 2:
+            continue
+        mx = sum(x for x, _ in group) / len(group)
+        my = sum(y for _, y in group) / len(group)
+        xs += [x - mx for x, _ in group]
+        ys += [y - my for _, y in group]
+    denominator = sum(x * x for x in xs)
+    if not denominator:
+        return None
+    slope = sum(x * y for x, y in zip(xs, ys)) / denominator
+    return {"slope": slope, "speed_for_4x_fewer_flops": 4 ** slope}
