@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import os
@@ -208,26 +209,23 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
     with report.step(f"importing {model}", quiet=as_json):
         imported = frontends.load(frontends.ModelSpec(model, input_size))
     start = _time.perf_counter()
-    if rpc_tracker:
-        if not rpc_key:
-            raise BadInputError("--rpc-tracker needs --rpc-key (the device key at the tracker)")
-        host, port = remote.parse_tracker(rpc_tracker)
-        tracker = remote.TrackerConfig(host, port, rpc_key, max(timeout, 60))
-        devices = remote.free_devices(tracker, timeout=min(timeout, 10))
+    with contextlib.ExitStack() as stack:
+        if rpc_tracker:
+            if not rpc_key:
+                raise BadInputError("--rpc-tracker needs --rpc-key (the device key at the "
+                                    "tracker)")
+            host, port = remote.parse_tracker(rpc_tracker)
+            tracker = remote.TrackerConfig(host, port, rpc_key, max(timeout, 60))
+            devices = remote.free_devices(tracker, timeout=min(timeout, 10))
+        else:
+            if not config_target.runs_on_host:
+                raise BadInputError(f"the embedded device is this machine's CPU; tuning for "
+                                    f"{config_target.triple} needs --rpc-tracker and --rpc-key")
+            with report.step("starting the embedded tracker and device", quiet=as_json):
+                tracker = stack.enter_context(remote.embedded_device(config_target.num_cores))
+            devices = 1
         with report.TuneProgress(quiet=as_json) as progress:
             results = tuning.tune(imported.mod, config, tracker, devices, progress)
-    else:
-        if not config_target.runs_on_host:
-            raise BadInputError(f"the embedded device is this machine's CPU; tuning for "
-                                f"{config_target.triple} needs --rpc-tracker and --rpc-key")
-        with report.step("starting the embedded tracker and device", quiet=as_json):
-            context = remote.embedded_device(int(dict(config_target.spec)["num-cores"]))
-            tracker = context.__enter__()
-        try:
-            with report.TuneProgress(quiet=as_json) as progress:
-                results = tuning.tune(imported.mod, config, tracker, 1, progress)
-        finally:
-            context.__exit__(None, None, None)
     data = report.tune_json(results, config, tracker.address, tracker.key,
                             _time.perf_counter() - start)
     report.emit_json(data) if as_json else report.tune_table(data)
@@ -280,7 +278,7 @@ def compare(target_name, model_list, sizes, db, baselines, threads, repeat, repo
         default = tune.default_db_dir(resolved, "generic")
         db = default if (default / tune.RECORD_FILE).exists() else None
     config = comparing.CompareConfig(resolved, names, comparing.parse_sizes(sizes), peers, db,
-                                     int(dict(resolved.spec)["num-cores"]), repeat)
+                                     resolved.num_cores, repeat)
     export.prepare_out_dir(report_dir)
     with report.step("compiling and timing every model and size", quiet=as_json):
         cells = comparing.run(config)
@@ -309,9 +307,10 @@ def compare(target_name, model_list, sizes, db, baselines, threads, repeat, repo
               help="Runs averaged inside each repeat.")
 @click.option("--tolerance", default=1e-4, show_default=True, type=float,
               help="Largest max-abs error accepted against the reference.")
+@click.option("--profile", is_flag=True, help="Also time every kernel (calls, ms, share).")
 @json_option
 def run(out_dir: Path, threads: int, repeat: int, number: int, tolerance: float,
-        as_json: bool) -> None:
+        profile: bool, as_json: bool) -> None:
     """Run a compiled artifact on this machine: check its output against the host reference
     (PyTorch, or ONNX Runtime for .onnx models) and time it."""
     from . import bench, report
@@ -319,10 +318,13 @@ def run(out_dir: Path, threads: int, repeat: int, number: int, tolerance: float,
     artifact = bench.load_artifact(out_dir)
     with report.step("running", quiet=as_json):
         result = bench.run_local(artifact, threads, repeat, number, tolerance)
+        kernels = bench.profile_kernels(artifact, threads) if profile else None
     if as_json:
-        report.emit_json(report.run_json(artifact.manifest, result))
+        report.emit_json(report.run_json(artifact.manifest, result, kernels))
     else:
         report.run_table(artifact.manifest, result)
+        if kernels is not None:
+            report.profile_table(kernels)
 
 
 def main() -> None:

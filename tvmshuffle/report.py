@@ -101,8 +101,8 @@ def compile_summary(manifest: dict, out_dir: str) -> None:
               f"({manifest['library']['bytes'] / 1e6:.1f} MB), {out_dir}/manifest.json")
 
 
-def run_json(manifest: dict, result) -> dict:
-    return {
+def run_json(manifest: dict, result, kernels=None) -> dict:
+    data = {
         "model": manifest["model"],
         "target": manifest["target"]["name"],
         "input_shape": manifest["input"]["shape"],
@@ -111,6 +111,20 @@ def run_json(manifest: dict, result) -> dict:
         "threads": result.threads,
         "latency_ms": result.latency.as_json(),
     }
+    if kernels is not None:
+        data["kernels"] = [{"name": k.name, "calls": k.calls, "ms": round(k.total_ms, 4)}
+                           for k in kernels]
+    return data
+
+
+def profile_table(kernels) -> None:
+    total = sum(k.total_ms for k in kernels) or 1.0
+    table = Table(title="kernels (per inference, median of 10 instrumented runs)")
+    for column in ("kernel", "calls", "ms", "share"):
+        table.add_column(column, justify="left" if column == "kernel" else "right")
+    for k in kernels:
+        table.add_row(k.name, str(k.calls), f"{k.total_ms:.3f}", f"{100 * k.total_ms / total:.1f}%")
+    out.print(table)
 
 
 def run_table(manifest: dict, result) -> None:
@@ -139,6 +153,7 @@ class TuneProgress:
         self.current = None
         self.finished = 0
         self.count = 0
+        self.done = 0  # trials of the current task already added to the overall bar
 
     def __enter__(self):
         self.bars.start()

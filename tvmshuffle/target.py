@@ -52,6 +52,10 @@ class TargetConfig:
         return tvm.target.Target(dict(self.spec))
 
     @property
+    def num_cores(self) -> int:
+        return int(dict(self.spec).get("num-cores", 1))
+
+    @property
     def triple(self) -> str:
         return str(dict(self.spec).get("mtriple", ""))
 
