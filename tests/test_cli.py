@@ -110,6 +110,8 @@ def test_run_refuses_wrong_numerics(tmp_path):
     (("compile", "alexnet", "--target", '{"kind": "llvm", "mcpu": "z80"}', "-o", "{tmp}/o"),
      ("mcpu 'z80'",)),
     (("compile", "alexnet", "-o", "{tmp}/file/o"), ("not writable",)),
+    (("compile", "alexnet", "--target", "arm", "-o", "{tmp}/o"),
+     ("aarch64-linux-android needs cross-compilation",)),
     (("flops", "alexnet", "--input-size", "10x10"), ("too small",)),
     (("models", "resnet*"), ("no zoo model matches",)),
     (("run", "{tmp}"), ("not a tvmshuffle artifact",)),

@@ -194,10 +194,11 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
     tracker, appending records to a database that `tvmshuffle compile --db` applies."""
     import time as _time
 
-    from . import frontends, remote, report, target
+    from . import export, frontends, remote, report, target
     from . import tune as tuning
 
     config_target = target.resolve(target_name, device, threads)
+    export.check_exportable(config_target)  # candidates are built the same way
     kinds = tuple(k.strip() for k in ops.split(",") if k.strip())
     unknown = [k for k in kinds if k not in (*tuning.OPS_CHOICES, "all")]
     if unknown or not kinds:
@@ -218,9 +219,6 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
             tracker = remote.TrackerConfig(host, port, rpc_key, max(timeout, 60))
             devices = remote.free_devices(tracker, timeout=min(timeout, 10))
         else:
-            if not config_target.runs_on_host:
-                raise BadInputError(f"the embedded device is this machine's CPU; tuning for "
-                                    f"{config_target.triple} needs --rpc-tracker and --rpc-key")
             with report.step("starting the embedded tracker and device", quiet=as_json):
                 tracker = stack.enter_context(remote.embedded_device(config_target.num_cores))
             devices = 1

@@ -60,6 +60,15 @@ def compile_module(mod: tvm.IRModule, config: CompileConfig) -> Compiled:
     return Compiled(executable, final, tuple(pipeline.kernel_names(final)))
 
 
+def check_exportable(target: TargetConfig) -> None:
+    """Only libraries for this machine can be linked so far: cross-compilation (Android NDK,
+    clang + lld, aarch64-linux-gnu-g++) is not built yet. Say so before any work."""
+    if not target.runs_on_host:
+        raise BuildError(f"building for {target.triple} needs cross-compilation, which "
+                         "tvmshuffle does not do yet (tracked in the ARM/deploy issue); "
+                         "--target host works")
+
+
 def prepare_out_dir(out_dir: Path) -> Path:
     """Create ``out_dir`` or fail with one clear line before any long work starts."""
     try:
@@ -118,6 +127,7 @@ def write_artifact(out_dir: Path, compiled: Compiled, model: frontends.ImportedM
 def build_artifact(model: frontends.ImportedModel, config: CompileConfig, out_dir: Path,
                    dump_ir: bool = False) -> dict:
     """Graph passes, build and export of an imported model into ``out_dir``: its manifest."""
+    check_exportable(config.target)
     prepare_out_dir(out_dir)
     compiled = compile_module(pipeline.optimize(model.mod, config.fuse_shuffle), config)
     # counted before the shuffle pass turns the convolutions it fuses into call_tir kernels
