@@ -4,9 +4,9 @@ Graph passes run on an imported module before fusion: channel shuffles moved pas
 operators (so that BatchNorm behind a shuffle still folds), BatchNorm folded into the preceding
 convolution's weights and bias (``passes/fold_batchnorm.py``), remaining inference-mode ops
 decomposed, constants folded, dead code removed, and each channel shuffle fused into the
-convolution that consumes it (``passes/channel_shuffle.py``). The build pipeline is TVM's default for the
-target (legalize, FoldConstant, FuseOps, FuseTIR, lower to the VM); ``relax.build`` alone does
-not fuse on CPU.
+convolution that consumes it (``passes/channel_shuffle.py``). The build pipeline is TVM's
+default for the target (legalize, FoldConstant, FuseOps, FuseTIR, lower to the VM);
+``relax.build`` alone does not fuse on CPU.
 """
 
 from __future__ import annotations

@@ -137,7 +137,8 @@ def _wait(probe, proc: subprocess.Popen, timeout: float, what: str) -> None:
         try:
             probe()
             return
-        except DeviceError:
+        except DeviceError as err:
             if time.monotonic() > deadline:
-                raise DeviceError(f"the embedded {what} was not ready after {timeout:g} s")
+                raise DeviceError(f"the embedded {what} was not ready after "
+                                  f"{timeout:g} s") from err
             time.sleep(0.2)

@@ -264,7 +264,7 @@ def compare_table(data: dict, console: Console | None = None) -> None:
     for row in data["rows"]:
         peers = row["peers_ms"] or {}
         latency = (f"{row['latency_ms']:.2f}" if row["latency_ms"] is not None
-                   else f"[red]missing[/red]")
+                   else "[red]missing[/red]")
         table.add_row(row["model"], row["size"], f"{row['mflops']:.0f}", latency,
                       f"{row['tuned_kernels']}/{row['kernels']}",
                       f"{peers['torch']:.2f}" if "torch" in peers else "-",
@@ -275,8 +275,9 @@ def compare_table(data: dict, console: Console | None = None) -> None:
     console.print(table)
     fit = data["flops_to_speed"]
     if fit:
-        console.print(f"ShuffleNet family: 4x fewer FLOPs -> {fit['speed_for_4x_fewer_flops']:.2f}x "
-                  f"faster (slope {fit['slope']:.2f}; the paper: 4x -> 2.6x)")
+        speed = fit["speed_for_4x_fewer_flops"]
+        console.print(f"ShuffleNet family: 4x fewer FLOPs -> {speed:.2f}x faster "
+                      f"(slope {fit['slope']:.2f}; the paper: 4x -> 2.6x)")
     for row in data["rows"]:
         if row["error"]:
             console.print(f"[red]missing[/red] {row['model']} at {row['size']}: {row['error']}")

@@ -2,9 +2,9 @@
 
 ``host`` is this machine's CPU (its LLVM ``mcpu``, so AVX-512 and NEON rules apply) with
 ``num-cores`` (which MetaSchedule requires) set to the threads the model will run with: 1 by
-default, as in the paper's single-thread Table 8. ``arm`` is Android aarch64 with NEON, ``arm-linux``
-aarch64 Linux; a device preset (``snapdragon820`` ...) sets their core count and ``mcpu``.
-Anything else is read as a TVM target given as JSON.
+default, as in the paper's single-thread Table 8. ``arm`` is Android aarch64 with NEON,
+``arm-linux`` aarch64 Linux; a device preset (``snapdragon820`` ...) sets their core count and
+``mcpu``. Anything else is read as a TVM target given as JSON.
 """
 
 from __future__ import annotations
