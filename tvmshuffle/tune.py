@@ -22,6 +22,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
 import tvm
 from tvm import relax
 
@@ -109,8 +110,8 @@ def _classify(func: tvm.tirx.PrimFunc) -> tuple[str, int]:
     return "other", 0
 
 
-def extract_tasks(mod: tvm.IRModule, config: TuneConfig) -> tuple[tvm.IRModule, list[Task]]:
-    """The zero-pipelined module and all its tasks, heaviest first."""
+def extract_tasks(mod: tvm.IRModule, config: TuneConfig) -> list[Task]:
+    """All tasks of ``mod`` after the graph passes and the zero pipeline, heaviest first."""
     from tvm.s_tir import meta_schedule as ms
 
     target = config.target.tvm_target
@@ -121,7 +122,7 @@ def extract_tasks(mod: tvm.IRModule, config: TuneConfig) -> tuple[tvm.IRModule, 
         kind, macs = _classify(extracted.dispatched[0]["main"])
         tasks.append(Task(extracted.task_name, kind, int(extracted.weight), macs, extracted))
     tasks.sort(key=lambda t: (-t.weight * t.macs, t.name))
-    return lowered, tasks
+    return tasks
 
 
 def select(tasks: list[Task], ops: tuple[str, ...]) -> list[Task]:
@@ -338,8 +339,7 @@ def tune(mod: tvm.IRModule, config: TuneConfig, tracker: TrackerConfig, devices:
 
     progress = progress or Progress()
     database = open_database(config.db_dir)
-    _, all_tasks = extract_tasks(mod, config)
-    tasks = select(all_tasks, config.ops)
+    tasks = select(extract_tasks(mod, config), config.ops)
     budget = plan(tasks, config, database)
     progress.start(tasks, {name: todo for name, (_, todo) in budget.items()})
     return _interruptible(lambda stop: _tune_tasks(tasks, budget, config, database, tracker,
