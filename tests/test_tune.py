@@ -146,11 +146,12 @@ def test_a_device_dying_mid_tuning_does_not_stop_it(tracker, tmp_path):
     """Two devices under a key, one killed mid-run: tuning finishes on the other, every record
     written before and after is kept."""
     key_config = remote.TrackerConfig(tracker.host, tracker.port, "dual")
+    ports = [remote._free_port() for _ in range(2)]
     servers = [subprocess.Popen(
-        [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port",
-         str(remote._free_port()), "--tracker", tracker.address, "--key", "dual", "--silent"],
-        env={**os.environ, "TVM_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True) for _ in range(2)]
+        [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port),
+         "--port-end", str(port + 20), "--tracker", tracker.address, "--key", "dual",
+         "--silent"], env={**os.environ, "TVM_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True) for port in ports]
     try:
         deadline = time.monotonic() + 120
         while True:
