@@ -119,16 +119,14 @@ def match_permutation(first: relax.Call, transpose: relax.Call,
     k = len(mid) - len(x_shape) + 1
     if k < 2 or mid[0] != n or tuple(mid[1 + k:]) != rest or prod(mid[1:1 + k]) != c:
         return None
-    axes = [int(a) for a in transpose.attrs.axes] if transpose.attrs.axes is not None else None
-    if axes is None:
+    if transpose.attrs.axes is None:
         return None
-    split_axes = list(range(1, 1 + k))
-    if axes[0] != 0 or axes[1 + k:] != list(range(1 + k, len(mid))):
+    axes = [int(a) for a in transpose.attrs.axes]
+    # batch and trailing axes stay; only the channel factors (axes 1..k) move among themselves
+    if (axes[0] != 0 or axes[1 + k:] != list(range(1 + k, len(mid)))
+            or sorted(axes[1:1 + k]) != list(range(1, 1 + k))):
         return None
-    if sorted(axes[1:1 + k]) != split_axes:
-        return None
-    permutation = ChannelPermutation(tuple(mid[1:1 + k]), tuple(a - 1 for a in axes[1:1 + k]))
-    return permutation
+    return ChannelPermutation(tuple(mid[1:1 + k]), tuple(a - 1 for a in axes[1:1 + k]))
 
 
 class _Chain:
