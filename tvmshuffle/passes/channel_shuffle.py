@@ -188,7 +188,15 @@ def _sink(func: relax.Function) -> relax.Function:
     for other in patterns[1:]:
         pattern = pattern | other
 
+    moved = []  # rewrites done in the current round
+
     def rewriter(expr: relax.Expr, matches) -> relax.Expr:
+        result = _move(expr, matches)
+        if not result.same_as(expr):
+            moved.append(expr)
+        return result
+
+    def _move(expr: relax.Expr, matches) -> relax.Expr:
         permutation = chain.permutation(matches)
         if permutation is None:
             return expr
@@ -210,10 +218,10 @@ def _sink(func: relax.Function) -> relax.Function:
         return chain.reapply(relax.Call(expr.op, [data, *expr.args[1:]], expr.attrs), matches)
 
     for _ in range(64):  # each round moves every permutation one operator further
-        rewritten = rewrite_call(pattern, rewriter, func)
-        if rewritten.same_as(func):
+        moved.clear()
+        func = rewrite_call(pattern, rewriter, func)
+        if not moved:
             break
-        func = rewritten
     return func
 
 
