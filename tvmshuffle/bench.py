@@ -56,10 +56,7 @@ class Artifact:
 
     @property
     def target(self) -> TargetConfig:
-        spec = self.manifest["target"]["tvm"]
-        return TargetConfig(self.manifest["target"]["name"],
-                            tuple((k, tuple(v) if isinstance(v, list) else v)
-                                  for k, v in spec.items()))
+        return TargetConfig.from_json(self.manifest["target"])
 
 
 @dataclass(frozen=True)

@@ -151,8 +151,7 @@ def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dum
 
     resolved = target.resolve(target_name, device, threads)
     if db is None and not no_db:
-        default = tune.default_db_dir(resolved, device)
-        db = default if (default / tune.RECORD_FILE).exists() else None
+        db = tune.shipped_db_dir(resolved, device)
     config = export.CompileConfig(resolved, not no_fuse_shuffle, None if no_db else db)
     export.prepare_out_dir(out_dir)
     with report.step(f"importing {model}", quiet=as_json):
@@ -273,8 +272,7 @@ def compare(target_name, model_list, sizes, db, baselines, threads, repeat, repo
     if unknown:
         raise BadInputError(f"unknown baseline(s) {', '.join(unknown)}: use torch, onnxruntime")
     if db is None:
-        default = tune.default_db_dir(resolved, "generic")
-        db = default if (default / tune.RECORD_FILE).exists() else None
+        db = tune.shipped_db_dir(resolved, "generic")
     config = comparing.CompareConfig(resolved, names, comparing.parse_sizes(sizes), peers, db,
                                      resolved.num_cores, repeat)
     export.prepare_out_dir(report_dir)

@@ -68,6 +68,11 @@ class TargetConfig:
     def as_json(self) -> dict:
         return {"name": self.name, "tvm": dict(self.spec), "str": str(self.tvm_target)}
 
+    @classmethod
+    def from_json(cls, data: dict) -> "TargetConfig":
+        """The inverse of ``as_json`` (as a manifest stores it)."""
+        return cls(data["name"], _freeze(data["tvm"]))
+
 
 def _freeze(spec: dict) -> tuple[tuple[str, object], ...]:
     return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in spec.items())

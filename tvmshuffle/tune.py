@@ -426,6 +426,12 @@ def default_db_dir(target: TargetConfig, device: str) -> Path:
     return Path("schedules") / "custom"
 
 
+def shipped_db_dir(target: TargetConfig, device: str) -> Path | None:
+    """The default database directory for ``target`` if it holds records, else None."""
+    default = default_db_dir(target, device)
+    return default if (default / RECORD_FILE).exists() else None
+
+
 def apply_database(db_dir: Path):
     """The database to compile with (``compile --db``), after checking it."""
     if not (db_dir / RECORD_FILE).exists():
