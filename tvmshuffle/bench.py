@@ -103,9 +103,9 @@ def max_abs_error(outputs: list[np.ndarray], expected: tuple[np.ndarray, ...]) -
     return worst
 
 
-def _flatten(value) -> list[np.ndarray]:
+def flatten_outputs(value) -> list[np.ndarray]:
     if isinstance(value, (tuple, list)) or type(value).__name__ == "Array":
-        return [v for item in value for v in _flatten(item)]
+        return [v for item in value for v in flatten_outputs(item)]
     return [value.numpy()]
 
 
@@ -122,7 +122,7 @@ def run_local(artifact: Artifact, threads: int = 1, repeat: int = 30, number: in
     dev = tvm.cpu()
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(artifact.library)), dev)
     x = tvm.runtime.tensor(artifact.input, dev)
-    err = max_abs_error(_flatten(vm["main"](x)), artifact.expected)
+    err = max_abs_error(flatten_outputs(vm["main"](x)), artifact.expected)
     if not err <= tolerance:
         raise NumericsError(f"max abs error {err:.3g} exceeds tolerance {tolerance:g}: "
                             "the compiled module disagrees with the reference")

@@ -54,9 +54,42 @@ threads_option = click.option(
     "--threads", type=click.IntRange(min=1), default=None,
     help="Threads the model will run with: the target's num-cores (default: 1 on the host, the "
          "device preset's cores on ARM).")
+rpc_tracker_option = click.option(
+    "--rpc-tracker", metavar="HOST:PORT",
+    help="TVM RPC tracker to get devices from (default: an embedded tracker and a host-CPU "
+         "device on 127.0.0.1, stopped afterwards).")
+rpc_key_option = click.option("--rpc-key", help="Device key at the tracker, e.g. snapdragon820.")
+
+
+def _devices(stack: contextlib.ExitStack, rpc_tracker: str | None, rpc_key: str | None,
+             threads: int, session_timeout: int, quiet: bool):
+    """The tracker to use and how many devices it has under the key: the given one, or the
+    embedded default (entered on ``stack``, so it stops when the command ends)."""
+    import dataclasses
+
+    from . import remote, report
+
+    session_timeout = max(session_timeout, remote.DEFAULT_SESSION_TIMEOUT)
+    if rpc_tracker:
+        if not rpc_key:
+            raise BadInputError("--rpc-tracker needs --rpc-key (the device key at the tracker)")
+        host, port = remote.parse_tracker(rpc_tracker)
+        tracker = remote.TrackerConfig(host, port, rpc_key, session_timeout)
+        return tracker, remote.free_devices(tracker, timeout=min(session_timeout, 10))
+    if rpc_key:
+        raise BadInputError("--rpc-key needs --rpc-tracker (the embedded default has one "
+                            f"device, key '{remote.EMBEDDED_KEY}')")
+    with report.step("starting the embedded tracker and device", quiet=quiet):
+        tracker = stack.enter_context(remote.embedded_device(threads))
+    return dataclasses.replace(tracker, session_timeout=session_timeout), 1
+
+
 target_option = click.option(
     "--target", "target_name", default="host", show_default=True,
     help="host, arm (Android aarch64), arm-linux, or a TVM target as JSON.")
+android_api_option = click.option(
+    "--android-api", default=24, show_default=True, type=click.IntRange(min=21),
+    help="Android API level the arm library is linked for (NDK clang or clang+lld).")
 device_option = click.option(
     "--device", default="generic", show_default=True,
     help="Device preset for arm targets (core count, mcpu), e.g. snapdragon820.")
@@ -75,6 +108,7 @@ def cli(verbose: bool) -> None:
     tvmshuffle tune MODEL                   auto-tune its kernels (embedded device or tracker)
     tvmshuffle compile MODEL -o OUT         build OUT/model.so + manifest.json (--db: tuned)
     tvmshuffle run OUT                      check numerics and time it on this machine
+    tvmshuffle deploy OUT                   the same on a device over RPC (tracker or embedded)
     tvmshuffle compare                      FLOPs vs measured speedup (the paper's Table 8)
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
@@ -140,9 +174,10 @@ def flops_cmd(model: str, input_size, per_layer: bool, as_json: bool) -> None:
                    "schedules/<target>/ when it exists, as `tvmshuffle tune` writes it).")
 @click.option("--no-db", is_flag=True, help="Build untuned, ignoring any database.")
 @threads_option
+@android_api_option
 @json_option
 def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dump_ir,
-                no_fuse_shuffle, db, no_db, threads, as_json) -> None:
+                no_fuse_shuffle, db, no_db, threads, android_api, as_json) -> None:
     """Import MODEL, optimize it and build OUT/model.so with OUT/manifest.json.
 
     Channel shuffles are fused into the convolution that consumes them; the summary and
@@ -152,7 +187,9 @@ def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dum
     resolved = target.resolve(target_name, device, threads)
     if db is None and not no_db:
         db = tune.shipped_db_dir(resolved, device)
-    config = export.CompileConfig(resolved, not no_fuse_shuffle, None if no_db else db)
+    config = export.CompileConfig(resolved, not no_fuse_shuffle, None if no_db else db,
+                                  android_api)
+    config.linker()  # no linker for the target: say what to install before importing
     export.prepare_out_dir(out_dir)
     with report.step(f"importing {model}", quiet=as_json):
         imported = frontends.load(frontends.ModelSpec(model, input_size, state_dict))
@@ -168,10 +205,8 @@ def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dum
 @click.argument("model")
 @target_option
 @device_option
-@click.option("--rpc-tracker", metavar="HOST:PORT",
-              help="TVM RPC tracker to get devices from (default: an embedded tracker and a "
-                   "host-CPU device on 127.0.0.1, stopped afterwards).")
-@click.option("--rpc-key", help="Device key at the tracker, e.g. snapdragon820.")
+@rpc_tracker_option
+@rpc_key_option
 @click.option("--trials", default=64, show_default=True, type=click.IntRange(min=1),
               help="Measurement budget over all tuned tasks.")
 @click.option("--trials-per-task", type=click.IntRange(min=1),
@@ -186,18 +221,22 @@ def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dum
 @input_size_option
 @click.option("--no-fuse-shuffle", is_flag=True, help="Tune without the channel shuffle pass.")
 @threads_option
+@android_api_option
 @json_option
 def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_task, ops, db,
-         timeout, input_size, no_fuse_shuffle, threads, as_json) -> None:
+         timeout, input_size, no_fuse_shuffle, threads, android_api, as_json) -> None:
     """Auto-tune MODEL's kernels with MetaSchedule (XGBoost cost model) on devices from a TVM RPC
     tracker, appending records to a database that `tvmshuffle compile --db` applies."""
     import time as _time
 
-    from . import export, frontends, remote, report, target
+    from . import frontends, report, target, toolchain
     from . import tune as tuning
 
     config_target = target.resolve(target_name, device, threads)
-    export.check_exportable(config_target)  # candidates are built the same way
+    toolchain.find(config_target, android_api)  # candidates are linked like the final .so
+    if not rpc_tracker and not config_target.runs_on_host:
+        raise BadInputError(f"--target {target_name} needs a device: give --rpc-tracker and "
+                            "--rpc-key (the embedded default device is this machine's CPU)")
     kinds = tuple(k.strip() for k in ops.split(",") if k.strip())
     unknown = [k for k in kinds if k not in (*tuning.OPS_CHOICES, "all")]
     if unknown or not kinds:
@@ -205,22 +244,13 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
                             f"{', '.join(tuning.OPS_CHOICES)} or all")
     config = tuning.TuneConfig(config_target, db or tuning.default_db_dir(config_target, device),
                                trials, trials_per_task, kinds, float(timeout),
-                               not no_fuse_shuffle)
+                               not no_fuse_shuffle, android_api=android_api)
     with report.step(f"importing {model}", quiet=as_json):
         imported = frontends.load(frontends.ModelSpec(model, input_size))
     start = _time.perf_counter()
     with contextlib.ExitStack() as stack:
-        if rpc_tracker:
-            if not rpc_key:
-                raise BadInputError("--rpc-tracker needs --rpc-key (the device key at the "
-                                    "tracker)")
-            host, port = remote.parse_tracker(rpc_tracker)
-            tracker = remote.TrackerConfig(host, port, rpc_key, max(timeout, 60))
-            devices = remote.free_devices(tracker, timeout=min(timeout, 10))
-        else:
-            with report.step("starting the embedded tracker and device", quiet=as_json):
-                tracker = stack.enter_context(remote.embedded_device(config_target.num_cores))
-            devices = 1
+        tracker, devices = _devices(stack, rpc_tracker, rpc_key, config_target.num_cores,
+                                    timeout, as_json)
         with report.TuneProgress(quiet=as_json) as progress:
             results = tuning.tune(imported.mod, config, tracker, devices, progress)
     data = report.tune_json(results, config, tracker.address, tracker.key,
@@ -321,6 +351,52 @@ def run(out_dir: Path, threads: int, repeat: int, number: int, tolerance: float,
         report.run_table(artifact.manifest, result)
         if kernels is not None:
             report.profile_table(kernels)
+
+
+@cli.command()
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@rpc_tracker_option
+@rpc_key_option
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Threads on the device (default: the target's num-cores).")
+@click.option("--repeat", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Timed repeats on the device (median / p90 over them).")
+@click.option("--number", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Runs averaged inside each repeat.")
+@click.option("--tolerance", default=1e-4, show_default=True, type=float,
+              help="Largest max-abs error accepted against the host reference.")
+@click.option("--wait", default=60, show_default=True, type=click.IntRange(min=1),
+              help="Seconds to wait for a free device under the key.")
+@click.option("--timeout", default=600, show_default=True, type=click.IntRange(min=1),
+              help="Seconds the device session may last (upload, checks, timing).")
+@click.option("--emulated/--not-emulated", default=None,
+              help="Label the timings as an emulator's (default: when the key starts with "
+                   "'emu').")
+@json_option
+def deploy(out_dir: Path, rpc_tracker, rpc_key, threads, repeat, number, tolerance, wait,
+           timeout, emulated, as_json) -> None:
+    """Upload a compiled artifact to a device over TVM RPC, check its output against the host
+    reference and time it there; the uploaded file is removed afterwards. Without
+    --rpc-tracker, the device is this machine's CPU behind an embedded tracker."""
+    from . import bench, report
+    from . import deploy as deploying
+
+    artifact = bench.load_artifact(out_dir)
+    threads = threads or artifact.target.num_cores
+    if not rpc_tracker and not artifact.target.runs_on_host:
+        raise BadInputError(f"{artifact.library} is built for {artifact.target.triple}; the "
+                            "embedded default device is this machine's CPU: give --rpc-tracker "
+                            "and --rpc-key of an ARM device (rpc/emu_arm64.sh runs an emulated "
+                            "one)")
+    config = deploying.DeployConfig(threads, repeat, number, tolerance, float(wait), emulated)
+    with contextlib.ExitStack() as stack:
+        tracker, _ = _devices(stack, rpc_tracker, rpc_key, threads, timeout, as_json)
+        with report.step(f"deploying to '{tracker.key}' at {tracker.address}", quiet=as_json):
+            deployed = deploying.run_remote(artifact, tracker, config)
+    if as_json:
+        report.emit_json(report.deploy_json(artifact.manifest, deployed))
+    else:
+        report.deploy_table(artifact.manifest, deployed)
 
 
 def main() -> None:

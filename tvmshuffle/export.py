@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from . import __version__, flops, frontends, pipeline, tune
-from .errors import BadInputError, BuildError, first_line
+from . import __version__, flops, frontends, pipeline, toolchain, tune
+from .errors import BadInputError, BuildError, TvmShuffleError, first_line
 from .flops import FlopReport
 from .target import TargetConfig
 
@@ -39,6 +39,11 @@ class CompileConfig:
     target: TargetConfig
     fuse_shuffle: bool = True  # the channel shuffle pass (passes/channel_shuffle.py)
     db: Path | None = None  # a MetaSchedule database whose records are applied
+    android_api: int = toolchain.DEFAULT_ANDROID_API  # for --target arm
+
+    def linker(self) -> toolchain.Toolchain:
+        """The toolchain that links the library; BuildError saying what to install if none."""
+        return toolchain.find(self.target, self.android_api)
 
 
 @dataclass(frozen=True)
@@ -60,15 +65,6 @@ def compile_module(mod: tvm.IRModule, config: CompileConfig) -> Compiled:
     return Compiled(executable, final, tuple(pipeline.kernel_names(final)))
 
 
-def check_exportable(target: TargetConfig) -> None:
-    """Only libraries for this machine can be linked so far: cross-compilation (Android NDK,
-    clang + lld, aarch64-linux-gnu-g++) is not built yet. Say so before any work."""
-    if not target.runs_on_host:
-        raise BuildError(f"building for {target.triple} needs cross-compilation, which "
-                         "tvmshuffle does not do yet (tracked in the ARM/deploy issue); "
-                         "--target host works")
-
-
 def prepare_out_dir(out_dir: Path) -> Path:
     """Create ``out_dir`` or fail with one clear line before any long work starts."""
     try:
@@ -85,8 +81,11 @@ def write_artifact(out_dir: Path, compiled: Compiled, model: frontends.ImportedM
                    config: CompileConfig, flops: FlopReport, dump_ir: bool = False) -> dict:
     """Export the library, reference data and manifest into ``out_dir``; return the manifest."""
     so_path = out_dir / SO_NAME
+    linker = config.linker()
     try:
-        compiled.executable.export_library(str(so_path))
+        compiled.executable.export_library(str(so_path), fcompile=linker)
+    except TvmShuffleError:
+        raise
     except Exception as err:
         raise BuildError(f"exporting {so_path} failed: {first_line(err)}") from err
 
@@ -105,6 +104,9 @@ def write_artifact(out_dir: Path, compiled: Compiled, model: frontends.ImportedM
         "outputs": [{"shape": list(o.shape), "dtype": str(o.dtype)} for o in outputs],
         "reference": {"engine": model.reference_engine, "file": REFERENCE_NAME},
         "target": config.target.as_json(),
+        "toolchain": {**linker.as_json(),
+                      **({"android_api": config.android_api} if "android" in
+                         config.target.triple else {})},
         "tvm_version": tvm.__version__,
         "tvmshuffle_version": __version__,
         "flops": {"macs": flops.macs, "mflops": round(flops.mflops, 3),
@@ -127,7 +129,7 @@ def write_artifact(out_dir: Path, compiled: Compiled, model: frontends.ImportedM
 def build_artifact(model: frontends.ImportedModel, config: CompileConfig, out_dir: Path,
                    dump_ir: bool = False) -> dict:
     """Graph passes, build and export of an imported model into ``out_dir``: its manifest."""
-    check_exportable(config.target)
+    config.linker()  # no linker for the target: say so before any work
     prepare_out_dir(out_dir)
     compiled = compile_module(pipeline.optimize(model.mod, config.fuse_shuffle), config)
     # counted before the shuffle pass turns the convolutions it fuses into call_tir kernels

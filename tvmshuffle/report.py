@@ -81,8 +81,12 @@ def flops_table(model: str, input_shape: tuple[int, ...], report: FlopReport,
 
 
 def compile_summary(manifest: dict, out_dir: str) -> None:
+    spec = manifest["target"]["tvm"]
+    linker = manifest.get("toolchain", {})
     out.print(f"[bold green]compiled[/bold green] {manifest['model']} for "
-              f"{manifest['target']['name']} ({manifest['target']['str']})")
+              f"{manifest['target']['name']} ({spec.get('mtriple')}, mcpu "
+              f"{spec.get('mcpu', 'generic')}, {spec.get('num-cores', 1)} core(s)), linked with "
+              f"{linker.get('name', 'host')} ({linker.get('version', 'unknown')})")
     shape = "x".join(map(str, manifest["input"]["shape"]))
     out.print(f"  input {manifest['input']['name']} {shape} {manifest['input']['dtype']}, "
               f"{manifest['flops']['mflops']:.1f} MFLOPs, {len(manifest['kernels'])} kernels")
@@ -127,9 +131,9 @@ def profile_table(kernels) -> None:
     out.print(table)
 
 
-def run_table(manifest: dict, result) -> None:
+def run_table(manifest: dict, result, where: str = "this machine") -> None:
     lat = result.latency
-    table = Table(title=f"{manifest['model']} on {manifest['target']['name']}, "
+    table = Table(title=f"{manifest['model']} ({manifest['target']['name']}) on {where}, "
                         f"{result.threads} thread(s)")
     for column in ("max abs err", "median ms", "p90 ms", "min ms", "runs"):
         table.add_column(column, justify="right")
@@ -137,6 +141,22 @@ def run_table(manifest: dict, result) -> None:
                   f"{lat.min_ms:.3f}", str(lat.samples))
     out.print(table)
     out.print(f"numerics checked against {manifest['reference']['engine']}: ok")
+
+
+def deploy_json(manifest: dict, deployed) -> dict:
+    return {**run_json(manifest, deployed.run), "device": deployed.device.as_json(),
+            "upload_s": round(deployed.upload_s, 3)}
+
+
+def deploy_table(manifest: dict, deployed) -> None:
+    device = deployed.device
+    where = f"device '{device.key}' via {device.tracker}"
+    if device.triple:
+        where += f" ({device.triple})"
+    run_table(manifest, deployed.run, where)
+    if device.emulated:
+        out.print("[yellow]emulated device[/yellow]: these timings measure the emulator, not "
+                  "a phone; they prove the build runs correctly, nothing about its speed")
 
 
 class TuneProgress:

@@ -13,11 +13,13 @@ in the database count against its budget, and the search starts from them.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
 import statistics
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import Callable
 import tvm
 from tvm import relax
 
-from . import pipeline
+from . import pipeline, toolchain
 from .errors import DatabaseError
 from .remote import TrackerConfig
 from .target import TargetConfig
@@ -49,6 +51,7 @@ class TuneConfig:
     timeout: float = 60.0  # build timeout and RPC session timeout, seconds
     fuse_shuffle: bool = True
     seed: int = 0
+    android_api: int = toolchain.DEFAULT_ANDROID_API  # --target arm: how candidates are linked
 
 
 @dataclass(frozen=True)
@@ -196,11 +199,21 @@ def build_candidate(mod: tvm.IRModule, target: tvm.target.Target, _params) -> tv
     return tvm_build(mod, target=target)
 
 
+def export_candidate(linker: toolchain.Toolchain, mod: tvm.runtime.Module) -> str:
+    """Link a candidate into a ``.so`` here, with the final library's toolchain: a phone has no
+    compiler to link MetaSchedule's default ``.tar`` export."""
+    path = os.path.join(tempfile.mkdtemp(prefix="tvmshuffle-candidate-"), "candidate.so")
+    mod.export_library(path, fcompile=linker)
+    return path
+
+
 def _builder(config: TuneConfig):
     from tvm.s_tir import meta_schedule as ms
 
+    linker = toolchain.find(config.target, config.android_api)
     return ms.builder.LocalBuilder(max_workers=os.cpu_count() or 1, timeout_sec=config.timeout,
-                                   f_build=build_candidate)
+                                   f_build=build_candidate,
+                                   f_export=functools.partial(export_candidate, linker))
 
 
 def _runner(config: TuneConfig, tracker: TrackerConfig, devices: int):
