@@ -3,7 +3,8 @@
 # registered at a tracker like a phone would be. For proving ARM builds end to end where no ARM
 # hardware exists (CI). Its timings mean nothing: qemu translates every instruction.
 #
-#   rpc/emu_arm64.sh setup                               build the root (idempotent, ~2 min)
+#   rpc/emu_arm64.sh setup                               install qemu-user and the cross linkers
+#                                                        (as root), build the root (idempotent)
 #   rpc/emu_arm64.sh start [TRACKER_HOST:PORT] [KEY]     register (default 127.0.0.1:9190 emu-arm64),
 #                                                        in the foreground; Ctrl-C / SIGTERM stops it
 #   rpc/emu_arm64.sh python ARGS...                      run the emulated python (diagnostics)
@@ -24,11 +25,20 @@ here=$(cd "$(dirname "$0")" && pwd)
 die() { echo "emu_arm64: $*" >&2; exit 1; }
 
 host_tools() {
-    command -v qemu-aarch64 >/dev/null && return
-    [ "$(id -u)" = 0 ] || die "qemu-aarch64 not found: apt-get install qemu-user"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends qemu-user \
-        >/dev/null || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -q --no-install-recommends qemu-user >/dev/null; }
+    # The emulator, and the cross linkers `tvmshuffle compile --target arm|arm-linux` uses.
+    local want=() tool pkg
+    for tool in qemu-aarch64:qemu-user clang:clang ld.lld:lld \
+        aarch64-linux-gnu-g++:g++-aarch64-linux-gnu file:file; do
+        command -v "${tool%%:*}" >/dev/null || want+=("${tool#*:}")
+    done
+    [ ${#want[@]} = 0 ] && return
+    [ "$(id -u)" = 0 ] || die "missing tools: apt-get install ${want[*]}"
+    echo "emu_arm64: installing ${want[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends "${want[@]}" >/dev/null 2>&1 || {
+        apt-get update -q >/dev/null
+        apt-get install -y -q --no-install-recommends "${want[@]}" >/dev/null
+    }
 }
 
 debian_root() {
@@ -125,7 +135,7 @@ python)
     exec "$root/bin/python" "$@"
     ;;
 *)
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
     exit 2
     ;;
 esac

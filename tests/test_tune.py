@@ -94,7 +94,7 @@ def test_unknown_key_lists_the_keys(tracker, tmp_path):
     """No device under the key: the error lists the keys the tracker has."""
     result = invoke("tune", *MODEL, "--rpc-tracker", tracker.address, "--rpc-key", "pixel9",
                     "--db", str(tmp_path / "db"))
-    one_line_error(result, "testcpu (1 free)")
+    one_line_error(result, "testcpu (1 device(s), 1 free)")
 
 
 def test_corrupt_database_line_is_named_and_kept(tmp_path):

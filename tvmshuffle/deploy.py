@@ -15,15 +15,19 @@ a phone.
 
 from __future__ import annotations
 
+import gc
+import logging
 import threading
 import time
 from dataclasses import dataclass
 
 from .bench import DEFAULT_TOLERANCE, Artifact, Latency, RunResult, flatten_outputs, max_abs_error
-from .errors import BadInputError, DeviceError, NumericsError, first_line
+from .errors import BadInputError, DeviceError, NumericsError, TvmShuffleError, first_line
 from .remote import TrackerConfig
 
 EMULATED_PREFIX = "emu"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -111,25 +115,44 @@ def _host_arch() -> str:
 
 
 def run_remote(artifact: Artifact, tracker: TrackerConfig, config: DeployConfig) -> DeployResult:
-    """Upload the artifact's library to a device, check its output, time it, clean up."""
-    session = request(tracker, config.wait)
-    triple = _remote(tracker, "asking the device what it is", device_triple, session)
-    check_architecture(artifact, tracker.key, triple)
-    emulated = (tracker.key.startswith(EMULATED_PREFIX) if config.emulated is None
-                else config.emulated)
-    device = DeviceInfo(tracker.key, tracker.address, triple, emulated)
-    remote_name = f"tvmshuffle-{artifact.manifest['library']['sha256'][:12]}.so"
-    start = time.perf_counter()
-    _remote(tracker, "uploading", session.upload, str(artifact.library), remote_name)
-    upload_s = time.perf_counter() - start
+    """Upload the artifact's library to a device, check its output, time it, clean up.
+
+    A session closes when the last reference to it (or to a remote module, VM or tensor) goes,
+    and an exception's traceback keeps the frames that hold them: errors are raised here, after
+    the frame that held the session has returned, so a failed deploy frees the device at once
+    even in a long-lived process."""
+    outcome = _in_session(artifact, tracker, config)
+    gc.collect()  # a remote Relax VM sits in a reference cycle (closures, cells): free it now
+    if isinstance(outcome, TvmShuffleError):
+        raise outcome
+    return outcome
+
+
+def _in_session(artifact: Artifact, tracker: TrackerConfig,
+                config: DeployConfig) -> DeployResult | TvmShuffleError:
     try:
-        return DeployResult(_check_and_time(artifact, session, remote_name, tracker, config),
-                            device, upload_s)
-    finally:
+        session = request(tracker, config.wait)
+        triple = _remote(tracker, "asking the device what it is", device_triple, session)
+        check_architecture(artifact, tracker.key, triple)
+        emulated = (tracker.key.startswith(EMULATED_PREFIX) if config.emulated is None
+                    else config.emulated)
+        device = DeviceInfo(tracker.key, tracker.address, triple, emulated)
+        remote_name = f"tvmshuffle-{artifact.manifest['library']['sha256'][:12]}.so"
+        start = time.perf_counter()
+        _remote(tracker, "uploading", session.upload, str(artifact.library), remote_name)
+        upload_s = time.perf_counter() - start
         try:
-            session.remove(remote_name)
-        except Exception:  # the device is gone: nothing left to clean on our side
-            pass
+            run = _check_and_time(artifact, session, remote_name, tracker, config)
+        finally:
+            try:
+                session.remove(remote_name)
+            except Exception:  # the device is gone: nothing left to clean on our side
+                pass
+        return DeployResult(run, device, upload_s)
+    except TvmShuffleError as err:
+        log.debug("deploy to '%s' failed", tracker.key, exc_info=True)
+        err.__traceback__ = err.__cause__ = err.__context__ = None
+        return err
 
 
 def _check_and_time(artifact: Artifact, session, remote_name: str, tracker: TrackerConfig,

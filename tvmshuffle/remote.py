@@ -66,15 +66,22 @@ def summary(config: TrackerConfig, timeout: float = 5.0) -> dict:
 
 
 def free_devices(config: TrackerConfig, timeout: float = 5.0) -> int:
-    """Devices registered under the key (free or busy). DeviceError naming the keys the
-    tracker does have when there is none."""
-    queue = summary(config, timeout).get("queue_info", {})
-    info = queue.get(config.key)
-    count = int(info.get("free", 0)) + int(info.get("pending", 0)) if info else 0
+    """Devices registered under the key, free or busy (a device in a session is still
+    connected to the tracker). DeviceError naming the keys the tracker does have when there is
+    none."""
+    info = summary(config, timeout)
+    registered: dict[str, int] = {}
+    for server in info.get("server_info", []):
+        key = str(server.get("key", ""))
+        if key.startswith("server:"):
+            registered[key[len("server:"):]] = registered.get(key[len("server:"):], 0) + 1
+    queue = info.get("queue_info", {})
+    count = max(registered.get(config.key, 0), int(queue.get(config.key, {}).get("free", 0)))
     if count == 0:
-        known = ", ".join(f"{k} ({v.get('free', 0)} free)" for k, v in sorted(queue.items()))
+        known = ", ".join(f"{k} ({n} device(s), {queue.get(k, {}).get('free', 0)} free)"
+                          for k, n in sorted(registered.items()))
         raise DeviceError(f"no device registered under key '{config.key}' at "
-                          f"{config.address}; the tracker has: {known or 'no keys at all'}")
+                          f"{config.address}; the tracker has: {known or 'no devices at all'}")
     return count
 
 

@@ -1,0 +1,224 @@
+"""`tvmshuffle deploy` and ARM tuning through a loopback tracker: an emulated arm64 device
+(rpc/emu_arm64.sh, qemu-user) and host-CPU devices, with the faults a drawer of phones has."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tvmshuffle import deploy, remote
+from tvmshuffle.cli import cli
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+EMU_SCRIPT = REPO / "rpc" / "emu_arm64.sh"
+EMU_KEY = "emu-arm64"
+SMALL = ("shufflenet_v1_g3_0.25x", "--input-size", "64x64")
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def one_line_error(result, code: int, fragment: str) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == code, result.output
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0], lines
+
+
+def deploy_json(out: Path, tracker: remote.TrackerConfig, *args: str) -> dict:
+    result = invoke("deploy", str(out), "--rpc-tracker", tracker.address, "--rpc-key",
+                    tracker.key, "--json", *args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def compile_to(out: Path, *args: str) -> dict:
+    result = invoke("compile", *args, "-o", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def spawn_server(tracker: remote.TrackerConfig, key: str) -> subprocess.Popen:
+    port = remote._free_port()
+    return subprocess.Popen(
+        [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port",
+         str(port), "--port-end", str(port + 20), "--tracker", tracker.address, "--key", key,
+         "--silent"], env={**os.environ, "TVM_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def wait_registered(config: remote.TrackerConfig, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"device server '{config.key}' exited"
+        try:
+            if remote.free_devices(config, timeout=1.0) >= 1:
+                return
+        except Exception:
+            pass
+        assert time.monotonic() < deadline, f"'{config.key}' did not register in {timeout} s"
+        time.sleep(0.5)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def host_tracker():
+    """A loopback tracker with a host-CPU device under 'testcpu'."""
+    with remote.embedded_device(threads=1, key="testcpu") as config:
+        yield config
+
+
+@pytest.fixture(scope="module")
+def emu(host_tracker):
+    """The emulated arm64 device (rpc/emu_arm64.sh) registered at the loopback tracker."""
+    probe = subprocess.run(["bash", str(EMU_SCRIPT), "python", "-c", "import tvm"],
+                           capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        message = "emulated arm64 device not set up: run rpc/emu_arm64.sh setup"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    proc = subprocess.Popen(["bash", str(EMU_SCRIPT), "start", host_tracker.address, EMU_KEY],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    config = remote.TrackerConfig(host_tracker.host, host_tracker.port, EMU_KEY, 600)
+    try:
+        wait_registered(config, proc, 180)
+        yield config
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def host_small(tmp_path_factory):
+    out = tmp_path_factory.mktemp("host") / "small"
+    compile_to(out, *SMALL, "--no-db")
+    return out
+
+
+@pytest.mark.parametrize("name", ["arm", "arm-linux"])
+def test_arm_library_runs_correctly_on_the_emulated_device(emu, name, tmp_path):
+    """ShuffleNet 0.5x g3 linked for Android and for aarch64 Linux loads and runs on the
+    emulated arm64 device through the tracker, matching PyTorch within 1e-4; the timings are
+    labelled emulated."""
+    compile_to(tmp_path / name, "shufflenet_v1_g3_0.5x", "--target", name, "--no-db")
+    data = deploy_json(tmp_path / name, emu, "--repeat", "2", "--threads", "1")
+    assert data["max_abs_err"] <= 1e-4
+    assert data["device"]["emulated"] is True
+    assert data["device"]["triple"].startswith("aarch64")
+    assert data["latency_ms"]["samples"] == 2 and data["latency_ms"]["median_ms"] > 0
+
+
+def test_arm_tune_through_the_emulated_device_then_deploy(emu, tmp_path):
+    """A tiny `tune --target arm-linux` measures on the emulated device, appends records, and
+    the database then compiles into a library that deploys correctly."""
+    db = tmp_path / "db"
+    result = invoke("tune", *SMALL, "--target", "arm-linux", "--rpc-tracker", emu.address,
+                    "--rpc-key", EMU_KEY, "--ops", "depthwise", "--trials", "4", "--db",
+                    str(db), "--json")
+    assert result.exit_code == 0, result.output
+    tuned = json.loads(result.stdout)
+    assert sum(t["trials_run"] for t in tuned["tasks"]) >= 4
+    assert any(t["tuned_ms"] for t in tuned["tasks"])
+    manifest = compile_to(tmp_path / "o", *SMALL, "--target", "arm-linux", "--db", str(db))
+    assert manifest["tuning"]["tuned_kernels"], "the ARM records were not applied"
+    assert deploy_json(tmp_path / "o", emu, "--repeat", "2")["max_abs_err"] <= 1e-4
+
+
+def test_host_library_refused_before_upload_to_an_arm_device(emu, host_small):
+    """A host .so sent to the ARM key is refused by architecture, naming both."""
+    result = invoke("deploy", str(host_small), "--rpc-tracker", emu.address, "--rpc-key",
+                    EMU_KEY)
+    one_line_error(result, 2, "is built for x86_64")
+    assert "aarch64" in result.stderr
+
+
+def test_arm_library_refused_by_the_host_device(host_tracker, tmp_path):
+    """The reverse: an arm-linux .so sent to a host-CPU key is refused before upload."""
+    compile_to(tmp_path / "arm", *SMALL, "--target", "arm-linux", "--no-db")
+    result = invoke("deploy", str(tmp_path / "arm"), "--rpc-tracker", host_tracker.address,
+                    "--rpc-key", host_tracker.key)
+    one_line_error(result, 2, "is built for aarch64-linux-gnu")
+
+
+def test_embedded_default_deploys_host_library(host_small):
+    """Without a tracker, deploy starts the embedded host device and checks + times there."""
+    result = invoke("deploy", str(host_small), "--repeat", "3", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["device"]["key"] == remote.EMBEDDED_KEY and data["device"]["emulated"] is False
+    assert data["max_abs_err"] <= 1e-4 and data["latency_ms"]["samples"] == 3
+
+
+def test_wrong_numerics_on_the_device_give_no_latency(host_tracker, host_small, tmp_path):
+    """A device result that disagrees with the reference: exit 5 with the error size, nothing
+    on stdout."""
+    import shutil
+
+    out = tmp_path / "bad"
+    shutil.copytree(host_small, out)
+    data = dict(np.load(out / "reference.npz"))
+    data["output_0"] = data["output_0"] + 0.25
+    np.savez(out / "reference.npz", **data)
+    result = invoke("deploy", str(out), "--rpc-tracker", host_tracker.address, "--rpc-key",
+                    host_tracker.key, "--json")
+    one_line_error(result, 5, "max abs error 0.25")
+    assert result.stdout == ""
+
+
+def test_no_free_device_within_the_wait(host_tracker, host_small):
+    """Every device under the key busy: deploy gives up after --wait seconds in one line."""
+    config = remote.TrackerConfig(host_tracker.host, host_tracker.port, host_tracker.key, 60)
+    held = deploy.request(config, 30)  # the only 'testcpu' device, kept busy
+    try:
+        start = time.monotonic()
+        result = invoke("deploy", str(host_small), "--rpc-tracker", host_tracker.address,
+                        "--rpc-key", host_tracker.key, "--wait", "3")
+        one_line_error(result, 6, "became free within 3 s")
+        assert time.monotonic() - start < 30
+    finally:
+        del held
+
+
+def test_device_lost_mid_run(host_tracker, host_small):
+    """The device dies while timing: exit 6 naming the device and the step, no latency."""
+    victim = remote.TrackerConfig(host_tracker.host, host_tracker.port, "victim")
+    server = spawn_server(host_tracker, "victim")
+    try:
+        wait_registered(victim, server, 120)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tvmshuffle.cli", "deploy", str(host_small), "--rpc-tracker",
+             host_tracker.address, "--rpc-key", "victim", "--repeat", "100000", "--number",
+             "10", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while remote.summary(victim)["queue_info"].get("victim", {}).get("free", 0):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "deploy never took the device"
+            time.sleep(0.2)
+        time.sleep(2)  # uploaded, checked and timing by now
+        os.killpg(server.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=120)
+        lines = stderr.decode().strip().splitlines()
+        assert proc.returncode == 6, stderr.decode()
+        assert lines[-1].startswith("Error: device 'victim'"), lines
+        assert stdout == b""
+    finally:
+        stop(server)
