@@ -73,7 +73,8 @@ python_packages() {
     rm -rf "$root/site"
     local pip=(python3 -m pip)
     [ -n "${PYTHON:-}" ] && pip=("$PYTHON" -m pip)
-    "${pip[@]}" install -q --target "$root/site" --only-binary=:all: \
+    "${pip[@]}" install -q --root-user-action=ignore --disable-pip-version-check \
+        --target "$root/site" --only-binary=:all: \
         --python-version 3.11 --implementation cp --abi cp311 \
         --platform manylinux_2_28_aarch64 --platform manylinux_2_17_aarch64 \
         --platform manylinux2014_aarch64 --platform linux_aarch64 \
