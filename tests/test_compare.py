@@ -81,3 +81,43 @@ def test_compare_bad_input(args, fragment):
     assert result.exit_code != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0], lines
+
+
+@pytest.mark.slow
+def test_compare_tunes_first_when_asked(tmp_path):
+    """--tune-trials tunes each model at each size into --db before compiling, and the cells
+    are compiled with those records."""
+    db = tmp_path / "db"
+    result = invoke("compare", "--models", "shufflenet_v1_g3_0.25x", "--sizes", "64x64",
+                    "--baselines", "none", "--repeat", "2", "--tune-trials", "4", "--db",
+                    str(db), "-o", str(tmp_path / "report"), "--json")
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)["rows"][0]
+    assert len((db / "database_tuning_record.json").read_bytes().splitlines()) >= 4
+    assert row["tuned_kernels"] >= 1 and row["max_abs_err"] <= 1e-4
+
+
+@pytest.mark.slow
+def test_a_cell_lost_on_the_device_is_marked_and_the_others_finish(tmp_path, monkeypatch):
+    """A device failure in one cell (here MobileNet's) marks that cell missing with the error
+    and the grid goes on; its speedups are absent, the others' present."""
+    from tvmshuffle import deploy, errors, remote, target
+
+    real = deploy.run_remote
+
+    def flaky(artifact, tracker, config):
+        if artifact.manifest["model"].startswith("mobilenet"):
+            raise errors.DeviceError("device 'host' at 127.0.0.1:1 failed while timing: lost")
+        return real(artifact, tracker, config)
+
+    monkeypatch.setattr(deploy, "run_remote", flaky)
+    with remote.embedded_device() as tracker:
+        config = compare.CompareConfig(target.resolve("host"), tracker,
+                                       ("shufflenet_v1_g3_0.25x", "mobilenet_v1_0.25"),
+                                       ((64, 64),), (), repeat=2)
+        cells = compare.run(config)
+    lost = [c for c in cells if c.error]
+    assert [c.model for c in lost] == ["mobilenet_v1_0.25"] and "lost" in lost[0].error
+    assert lost[0].latency_ms is None
+    done = [c for c in cells if not c.error]
+    assert len(done) == 1 and done[0].latency_ms > 0

@@ -222,3 +222,20 @@ def test_device_lost_mid_run(host_tracker, host_small):
         assert stdout == b""
     finally:
         stop(server)
+
+
+def test_compare_on_the_emulated_device(emu, tmp_path):
+    """`compare --rpc-tracker --rpc-key` runs the grid on the emulated device: every cell is
+    checked and timed there, and the report says the timings are emulated."""
+    out = tmp_path / "report"
+    result = invoke("compare", "--target", "arm-linux", "--rpc-tracker", emu.address,
+                    "--rpc-key", EMU_KEY, "--models",
+                    "shufflenet_v1_g3_0.25x,alexnet,mobilenet_v1_0.25", "--sizes", "64x64",
+                    "--baselines", "none", "--repeat", "3", "-o", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["environment"]["emulated"] is True
+    assert data["environment"]["device_key"] == EMU_KEY
+    assert all(row["latency_ms"] and row["max_abs_err"] <= 1e-4 for row in data["rows"]), \
+        [row["error"] for row in data["rows"]]
+    assert "EMULATED" in (out / "report.md").read_text()

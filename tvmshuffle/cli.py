@@ -260,59 +260,86 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
 
 @cli.command()
 @target_option
+@device_option
+@rpc_tracker_option
+@rpc_key_option
 @click.option("--models", "model_list", help="Comma-separated zoo models (default: ShuffleNet "
               "0.5x/1x/2x g3, AlexNet, MobileNet v1 1.0, as in the paper's Table 8).")
 @click.option("--sizes", default="224x224,480x640,720x1280", show_default=True,
               help="Comma-separated input sizes HxW.")
 @click.option("--db", type=click.Path(path_type=Path),
-              help="Tuning database (default: schedules/<target>/ when it exists).")
+              help="Tuning database (default: schedules/<target>/ when it exists, or when "
+                   "--tune-trials writes it).")
+@click.option("--tune-trials", type=click.IntRange(min=1),
+              help="Tune every kernel of each model at each size first, this many trials per "
+                   "model and size (resuming the database: records already there count).")
 @click.option("--baselines", default="torch,onnxruntime", show_default=True,
               help="Host peers to time in the same run: torch, onnxruntime, or none.")
 @threads_option
 @click.option("--repeat", default=10, show_default=True, type=click.IntRange(min=1),
-              help="Timed runs per cell (median).")
+              help="Timed runs per cell (median); fewer for cells slower than 10 s in all.")
+@click.option("--timeout", default=600, show_default=True, type=click.IntRange(min=1),
+              help="Seconds a device session may last.")
+@android_api_option
+@click.option("--emulated/--not-emulated", default=None,
+              help="Label the device timings as an emulator's (default: key starts with 'emu').")
 @click.option("-o", "--output", "report_dir", default="report", show_default=True,
               type=click.Path(path_type=Path),
               help="Report directory: report.md, report.json, speedup.png.")
 @json_option
-def compare(target_name, model_list, sizes, db, baselines, threads, repeat, report_dir,
+def compare(target_name, device, rpc_tracker, rpc_key, model_list, sizes, db, tune_trials,
+            baselines, threads, repeat, timeout, android_api, emulated, report_dir,
             as_json) -> None:
-    """FLOPs against measured latency, the paper's Table 8 on this machine: theoretical and
-    measured speedup over AlexNet and MobileNet, beside PyTorch and ONNX Runtime.
+    """FLOPs against measured latency, the paper's Table 8 on a device: theoretical and
+    measured speedup over AlexNet and MobileNet, beside PyTorch and ONNX Runtime on the host.
 
-    AlexNet takes every size: adaptive average pooling before its classifier (the identity at
-    224x224) keeps its FC layers' shapes."""
+    Each model is compiled (tuned first with --tune-trials), deployed to the device, checked
+    against the host reference and timed there. Without --rpc-tracker the device is this
+    machine's CPU behind an embedded tracker. AlexNet takes every size: adaptive average pooling
+    before its classifier (the identity at 224x224) keeps its FC layers' shapes."""
     import datetime
-    import platform
 
     import tvm
 
     from . import compare as comparing
-    from . import export, report, target, tune
+    from . import deploy, export, report, target, toolchain, tune
 
-    resolved = target.resolve(target_name, threads=threads)
-    if not resolved.runs_on_host:
-        raise BadInputError(f"compare runs on this machine for now; {resolved.triple} needs "
-                            "`tvmshuffle deploy`, which is not built yet")
+    resolved = target.resolve(target_name, device, threads)
+    toolchain.find(resolved, android_api)
+    if not rpc_tracker and not resolved.runs_on_host:
+        raise BadInputError(f"--target {target_name} needs a device: give --rpc-tracker and "
+                            "--rpc-key (the embedded default device is this machine's CPU)")
     names = tuple(n.strip() for n in (model_list or ",".join(comparing.DEFAULT_MODELS))
                   .split(",") if n.strip())
     comparing.check_models(names)
+    size_list = comparing.parse_sizes(sizes)
     peers = tuple(b.strip() for b in baselines.split(",") if b.strip() and b.strip() != "none")
     unknown = [b for b in peers if b not in comparing.BASELINES]
     if unknown:
         raise BadInputError(f"unknown baseline(s) {', '.join(unknown)}: use torch, onnxruntime")
     if db is None:
-        db = tune.shipped_db_dir(resolved, "generic")
-    config = comparing.CompareConfig(resolved, names, comparing.parse_sizes(sizes), peers, db,
-                                     resolved.num_cores, repeat)
+        db = (tune.default_db_dir(resolved, device) if tune_trials
+              else tune.shipped_db_dir(resolved, device))
     export.prepare_out_dir(report_dir)
-    with report.step("compiling and timing every model and size", quiet=as_json):
-        cells = comparing.run(config)
+    with contextlib.ExitStack() as stack:
+        tracker, devices = _devices(stack, rpc_tracker, rpc_key, resolved.num_cores, timeout,
+                                    as_json)
+        config = comparing.CompareConfig(resolved, tracker, names, size_list, peers, db,
+                                         resolved.num_cores, repeat, tune_trials, devices,
+                                         android_api, emulated)
+        with report.step("tuning, compiling, deploying and timing every model and size"
+                         if tune_trials else "compiling, deploying and timing every model and "
+                         "size", quiet=as_json):
+            cells = comparing.run(config)
+    is_emulated = deploy.is_emulated(tracker.key, emulated)
+    where = (f"this machine's CPU ({dict(resolved.spec).get('mcpu')}, embedded device)"
+             if not rpc_tracker else f"device '{tracker.key}' via {tracker.address}")
     environment = {
-        "device": f"host ({platform.processor() or platform.machine()}, "
-                  f"{dict(resolved.spec).get('mcpu')})",
-        "emulated": False, "target": resolved.as_json()["str"], "tvm_version": tvm.__version__,
-        "threads": config.threads, "db": str(db) if db else None,
+        "device": where, "device_key": tracker.key, "tracker": tracker.address,
+        "emulated": is_emulated, "target": resolved.as_json()["str"],
+        "target_name": resolved.name, "tvm_version": tvm.__version__,
+        "threads": config.threads, "db": str(db) if db else None, "tune_trials": tune_trials,
+        "peers_on": "this machine (host)",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     data = report.compare_json(cells, config, environment)
     report.write_compare(report_dir, data)

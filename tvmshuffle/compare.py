@@ -1,10 +1,12 @@
-"""The paper's Table 8 on this machine: FLOPs against measured latency, per model and size.
+"""The paper's Table 8 on a device: FLOPs against measured latency, per model and size.
 
-For each model and input size: FLOPs counted from the imported module, the model compiled
-(with the tuning database where it has records) and its numerics checked, its latency measured,
-and the host peers (PyTorch eager, ONNX Runtime) timed on the same input with the same threads.
-Theoretical speedup over a baseline is the FLOPs ratio, measured speedup the latency ratio, and
-efficiency their quotient. Measures and returns data; report.py formats and writes it.
+For each model and input size: FLOPs counted from the imported module; the model tuned first
+when asked (records appended to the database, resuming what is there), compiled with the
+database, deployed to a device from the tracker (the embedded host device by default), its
+numerics checked there and its latency measured there; and the host peers (PyTorch eager, ONNX
+Runtime) timed in this process on the same input with the same threads. Theoretical speedup
+over a baseline is the FLOPs ratio, measured speedup the latency ratio, and efficiency their
+quotient. Measures and returns data; report.py formats and writes it.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import bench, export, flops, frontends, models
+from . import bench, deploy, export, flops, frontends, models, tune
 from .errors import BadInputError, TvmShuffleError
+from .remote import TrackerConfig
 from .target import TargetConfig
 
 log = logging.getLogger(__name__)
@@ -38,15 +41,25 @@ PAPER_SD820_MS = {
 }
 
 
+# Timing of one cell stops after about this long (at least 3 runs): untuned AlexNet at
+# 720x1280 takes seconds a run, and an emulated device far longer.
+CELL_SECONDS = 10.0
+
+
 @dataclass(frozen=True)
 class CompareConfig:
     target: TargetConfig
+    tracker: TrackerConfig  # where the devices are (the embedded default or the user's)
     models: tuple[str, ...] = DEFAULT_MODELS
     sizes: tuple[tuple[int, int], ...] = DEFAULT_SIZES
     baselines: tuple[str, ...] = BASELINES
     db: Path | None = None
     threads: int = 1
     repeat: int = 10
+    tune_trials: int | None = None  # tune each model and size first, this budget each
+    devices: int = 1  # devices under the key, for tuning
+    android_api: int = 24
+    emulated: bool | None = None  # None: judged from the key
 
 
 @dataclass
@@ -81,10 +94,18 @@ def measure_cell(name: str, size: tuple[int, int], config: CompareConfig, work: 
     cell = Cell(name, size, flops.count(imported.mod).macs)
     out = work / f"{name}-{size[0]}x{size[1]}"
     try:
+        if config.tune_trials and config.db is not None:
+            tune.tune(imported.mod, tune.TuneConfig(
+                config.target, config.db, config.tune_trials, ops=("all",),
+                timeout=float(config.tracker.session_timeout),
+                android_api=config.android_api), config.tracker, config.devices)
         manifest = export.build_artifact(
-            imported, export.CompileConfig(config.target, db=config.db), out)
+            imported, export.CompileConfig(config.target, db=config.db,
+                                           android_api=config.android_api), out)
         artifact = bench.load_artifact(out)
-        result = bench.run_local(artifact, config.threads, config.repeat)
+        result = deploy.run_remote(artifact, config.tracker, deploy.DeployConfig(
+            config.threads, config.repeat, emulated=config.emulated,
+            budget_s=CELL_SECONDS)).run
     except TvmShuffleError as err:  # a lost device or wrong numerics: mark the cell, go on
         cell.error = str(err)
         return cell

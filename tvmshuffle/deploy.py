@@ -38,6 +38,7 @@ class DeployConfig:
     tolerance: float = DEFAULT_TOLERANCE
     wait: float = 60.0  # seconds to wait for a free device under the key
     emulated: bool | None = None  # None: judged from the key (EMULATED_PREFIX)
+    budget_s: float | None = None  # cap timing near this (fewer repeats, never under 3)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,10 @@ def device_triple(session) -> str | None:
         return None
 
 
+def is_emulated(key: str, override: bool | None = None) -> bool:
+    return key.startswith(EMULATED_PREFIX) if override is None else override
+
+
 def check_architecture(artifact: Artifact, key: str, triple: str | None) -> None:
     """Refuse a library the device cannot execute, before uploading it."""
     built = artifact.target.triple.split("-")[0]
@@ -134,9 +139,8 @@ def _in_session(artifact: Artifact, tracker: TrackerConfig,
         session = request(tracker, config.wait)
         triple = _remote(tracker, "asking the device what it is", device_triple, session)
         check_architecture(artifact, tracker.key, triple)
-        emulated = (tracker.key.startswith(EMULATED_PREFIX) if config.emulated is None
-                    else config.emulated)
-        device = DeviceInfo(tracker.key, tracker.address, triple, emulated)
+        device = DeviceInfo(tracker.key, tracker.address, triple,
+                            is_emulated(tracker.key, config.emulated))
         remote_name = f"tvmshuffle-{artifact.manifest['library']['sha256'][:12]}.so"
         start = time.perf_counter()
         _remote(tracker, "uploading", session.upload, str(artifact.library), remote_name)
@@ -181,9 +185,13 @@ def _check_and_time(artifact: Artifact, session, remote_name: str, tracker: Trac
                             "result")
 
     def measure() -> list[float]:
-        timer = vm.time_evaluator("invoke_stateful", dev, number=config.number,
-                                  repeat=config.repeat)
-        timer("main")  # warm-up: page in weights, warm caches
+        # one untimed-by-us run first: page in weights, warm caches; it also sizes the repeats
+        once = vm.time_evaluator("invoke_stateful", dev, number=config.number,
+                                 repeat=1)("main").mean
+        repeat = config.repeat
+        if config.budget_s:
+            repeat = max(3, min(repeat, int(config.budget_s / max(once * config.number, 1e-9))))
+        timer = vm.time_evaluator("invoke_stateful", dev, number=config.number, repeat=repeat)
         return list(timer("main").results)
 
     seconds = _remote(tracker, "timing", measure)

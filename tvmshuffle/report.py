@@ -270,8 +270,8 @@ def compare_table(data: dict, console: Console | None = None) -> None:
     table = Table(title=f"FLOPs vs measured latency on {env['device']} ({env['threads']} "
                         f"thread(s){', EMULATED: timings mean nothing' if env['emulated'] else ''})"
                         "; speedups: theoretical / measured (efficiency)")
-    for column in ("model", "size", "MFLOPs", "tvmshuffle ms", "tuned", "PyTorch ms",
-                   "ORT ms", "paper SD820 ms", "vs AlexNet", "vs MobileNet"):
+    for column in ("model", "size", "MFLOPs", "tvmshuffle ms", "tuned", "host PyTorch ms",
+                   "host ORT ms", "paper SD820 ms", "vs AlexNet", "vs MobileNet"):
         table.add_column(column, justify="left" if column in ("model", "size") else "right")
 
     def speed(entry):
@@ -335,8 +335,8 @@ def _plot(data: dict, path) -> None:
         if row["latency_ms"]:
             series.setdefault(("tvmshuffle", row["size"]), []).append((flops, row["latency_ms"]))
         for engine, ms_value in (row["peers_ms"] or {}).items():
-            series.setdefault((engine, row["size"]), []).append((flops, ms_value))
-    markers = {"tvmshuffle": "o", "torch": "s", "onnxruntime": "^"}
+            series.setdefault((f"{engine} (host)", row["size"]), []).append((flops, ms_value))
+    markers = {"tvmshuffle": "o", "torch (host)": "s", "onnxruntime (host)": "^"}
     for (engine, size), points in sorted(series.items()):
         points.sort()
         ax.plot(*zip(*points), marker=markers.get(engine, "x"), label=f"{engine} {size}")
