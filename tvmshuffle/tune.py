@@ -4,7 +4,8 @@ Tasks are the fused TIR kernels of the optimized module (after the channel shuff
 shuffle+depthwise kernels are tasks too), extracted with MetaSchedule's Relax integration from
 the module after the "zero" pipeline. Selected tasks are tuned one after another, the heaviest
 (weight x FLOPs) first, each with the XGBoost cost model and evolutionary search, candidates
-built by a local builder and timed by an RPCRunner with one worker per device under the key.
+built and linked here with the target's toolchain (a phone has no compiler) and timed by an
+RPCRunner with one worker per device under the key.
 
 The database is MetaSchedule's JSON database: two files of one JSON record a line, appended to
 as records arrive, never rewritten. Re-running the same tuning resumes: a task's records already
