@@ -329,8 +329,8 @@ def compare(target_name, device, rpc_tracker, rpc_key, model_list, sizes, db, tu
                                          android_api, emulated)
         with report.step("tuning, compiling, deploying and timing every model and size"
                          if tune_trials else "compiling, deploying and timing every model and "
-                         "size", quiet=as_json):
-            cells = comparing.run(config)
+                         "size", quiet=as_json) as at:
+            cells = comparing.run(config, at)
     is_emulated = deploy.is_emulated(tracker.key, emulated)
     where = (f"this machine's CPU ({dict(resolved.spec).get('mcpu')}, embedded device)"
              if not rpc_tracker else f"device '{tracker.key}' via {tracker.address}")

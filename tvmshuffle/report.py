@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import sys
-from typing import Iterator
+from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.table import Table
@@ -28,13 +28,14 @@ def emit_json(data: object) -> None:
 
 
 @contextlib.contextmanager
-def step(message: str, quiet: bool = False) -> Iterator[None]:
-    """A spinner on stderr while one long stage runs (import, build, export)."""
+def step(message: str, quiet: bool = False) -> Iterator[Callable[[str], None]]:
+    """A spinner on stderr while one long stage runs (import, build, export); it yields a
+    function that shows what the stage is at."""
     if quiet or not err.is_terminal:
-        yield
+        yield lambda _detail: None
         return
-    with err.status(message):
-        yield
+    with err.status(message) as status:
+        yield lambda detail: status.update(f"{message}: {detail}")
 
 
 def models_table(rows: list[dict]) -> None:
