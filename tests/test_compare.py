@@ -73,6 +73,7 @@ def test_compare_writes_table_json_and_png(tmp_path):
     (("--models", "shufflenet_v1_g3_1.0x,resnet50"), "unknown model 'resnet50'"),
     (("--sizes", "224x224,640"), "bad input size '640'"),
     (("--baselines", "tflite"), "unknown baseline"),
+    (("--models", "alexnet", "--sizes", "224x224,32x32"), "32x32 is too small for alexnet"),
     (("-o", "/proc/nowhere/report"), "not writable"),
 ])
 def test_compare_bad_input(args, fragment):

@@ -311,8 +311,8 @@ def compare(target_name, device, rpc_tracker, rpc_key, model_list, sizes, db, tu
                             "--rpc-key (the embedded default device is this machine's CPU)")
     names = tuple(n.strip() for n in (model_list or ",".join(comparing.DEFAULT_MODELS))
                   .split(",") if n.strip())
-    comparing.check_models(names)
     size_list = comparing.parse_sizes(sizes)
+    comparing.check_grid(names, size_list)
     peers = tuple(b.strip() for b in baselines.split(",") if b.strip() and b.strip() != "none")
     unknown = [b for b in peers if b not in comparing.BASELINES]
     if unknown:

@@ -84,9 +84,12 @@ def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
     return sizes
 
 
-def check_models(names: tuple[str, ...]) -> None:
+def check_grid(names: tuple[str, ...], sizes: tuple[tuple[int, int], ...]) -> None:
+    """Every model known and every size one each model can take, before any work."""
     for name in names:
-        models.lookup(name)
+        entry = models.lookup(name)
+        for size in sizes:
+            frontends.check_size(entry.name, size, entry.min_input)
 
 
 def measure_cell(name: str, size: tuple[int, int], config: CompareConfig, work: Path) -> Cell:

@@ -75,7 +75,7 @@ def load(spec: ModelSpec, decompose: bool = True) -> ImportedModel:
     return _load_zoo(spec, decompose)
 
 
-def _check_size(name: str, size: tuple[int, int], minimum: int) -> None:
+def check_size(name: str, size: tuple[int, int], minimum: int) -> None:
     if min(size) < minimum:
         raise BadInputError(f"input size {size[0]}x{size[1]} is too small for {name}: "
                             f"it needs at least {minimum}x{minimum}")
@@ -110,7 +110,7 @@ def _load_zoo(spec: ModelSpec, decompose: bool) -> ImportedModel:
 
     entry = models.lookup(spec.model)
     size = spec.input_size or DEFAULT_INPUT_SIZE
-    _check_size(entry.name, size, entry.min_input)
+    check_size(entry.name, size, entry.min_input)
     model = models.build(entry.name, spec.state_dict)
     shape = (1, 3, *size)
     example = torch.from_numpy(fixed_input(shape))
