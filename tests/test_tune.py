@@ -72,6 +72,19 @@ def test_embedded_tune_writes_records_resumes_and_compiles(tmp_path):
     assert run["max_abs_err"] < 1e-4
 
 
+def test_a_task_that_stops_improving_stops_early(tracker, tmp_path):
+    """--patience: a task whose last measured batch brought no 1% gain ends before its budget
+    and is reported converged; a task never ends early without that flag."""
+    data = tune_json("--ops", "depthwise", "--trials-per-task", "64", "--trials", "128",
+                     "--patience", "1", "--db", str(tmp_path / "db"), "--rpc-tracker",
+                     tracker.address, "--rpc-key", tracker.key)
+    tuned = [t for t in data["tasks"] if t["trials_run"]]
+    assert len(tuned) == 2
+    for task in tuned:
+        assert task["trials_run"] == (32 if task["converged"] else 64)
+    assert any(task["converged"] for task in tuned)
+
+
 def test_tune_through_an_explicit_tracker(tracker, tmp_path):
     """--rpc-tracker/--rpc-key measure on the device registered there."""
     data = tune_json("--ops", "depthwise", "--trials", "2", "--db", str(tmp_path / "db"),

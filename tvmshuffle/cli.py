@@ -218,13 +218,16 @@ def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dum
                    "never rewritten; re-running resumes.")
 @click.option("--timeout", default=60, show_default=True, type=click.IntRange(min=1),
               help="Seconds allowed for one build and for one device session.")
+@click.option("--patience", default=64, show_default=True, type=click.IntRange(min=0),
+              help="Stop a task early after this many trials in a row without a 1% gain "
+                   "(0: spend every task's whole budget).")
 @input_size_option
 @click.option("--no-fuse-shuffle", is_flag=True, help="Tune without the channel shuffle pass.")
 @threads_option
 @android_api_option
 @json_option
 def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_task, ops, db,
-         timeout, input_size, no_fuse_shuffle, threads, android_api, as_json) -> None:
+         timeout, patience, input_size, no_fuse_shuffle, threads, android_api, as_json) -> None:
     """Auto-tune MODEL's kernels with MetaSchedule (XGBoost cost model) on devices from a TVM RPC
     tracker, appending records to a database that `tvmshuffle compile --db` applies."""
     import time as _time
@@ -244,7 +247,8 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
                             f"{', '.join(tuning.OPS_CHOICES)} or all")
     config = tuning.TuneConfig(config_target, db or tuning.default_db_dir(config_target, device),
                                trials, trials_per_task, kinds, float(timeout),
-                               not no_fuse_shuffle, android_api=android_api)
+                               not no_fuse_shuffle, android_api=android_api,
+                               patience=patience or None)
     with report.step(f"importing {model}", quiet=as_json):
         imported = frontends.load(frontends.ModelSpec(model, input_size))
     start = _time.perf_counter()

@@ -217,7 +217,7 @@ def tune_json(results, config, tracker_address: str, key: str, wall_s: float) ->
             "name": r.task.name, "kind": r.task.kind, "weight": r.task.weight,
             "mflops": round(r.task.macs / 1e6, 3), "trials_before": r.trials_before,
             "trials_run": r.trials_run, "untuned_ms": r.untuned_ms, "tuned_ms": r.tuned_ms,
-            "speedup": r.speedup,
+            "speedup": r.speedup, "converged": r.converged,
         } for r in results],
     }
 
@@ -236,6 +236,8 @@ def tune_table(data: dict) -> None:
         trials = f"{row['trials_before'] + row['trials_run']}"
         if row["trials_before"]:
             trials += f" ({row['trials_before']} resumed)"
+        if row.get("converged"):
+            trials += " (converged)"
         table.add_row(row["name"], row["kind"], f"{row['mflops']:.2f}", str(row["weight"]),
                       trials, fmt(row["untuned_ms"]), fmt(row["tuned_ms"]),
                       fmt(row["speedup"], ".1f") + ("x" if row["speedup"] else ""))

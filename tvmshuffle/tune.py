@@ -40,6 +40,7 @@ WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 OPS_CHOICES = ("grouped", "depthwise", "conv", "dense", "other")
 DEFAULT_OPS = ("grouped", "depthwise")
+GAIN = 0.01  # an improvement smaller than 1% does not count as progress for early stopping
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ class TuneConfig:
     fuse_shuffle: bool = True
     seed: int = 0
     android_api: int = toolchain.DEFAULT_ANDROID_API  # --target arm: how candidates are linked
+    # A task stops early once this many trials in a row brought no gain of GAIN or more over
+    # its best (None: every task spends its whole budget).
+    patience: int | None = 64
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class TaskResult:
     trials_run: int = 0
     untuned_ms: float | None = None
     tuned_ms: float | None = None
+    converged: bool = False  # stopped early: `patience` trials without a 1% gain
 
     @property
     def speedup(self) -> float | None:
@@ -300,7 +305,7 @@ class _Stop(Exception):
 
 
 def _progress_callback(task: Task, progress: Progress, start_best: float | None,
-                       stop: threading.Event):
+                       stop: threading.Event, patience: int | None):
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
 
@@ -309,17 +314,25 @@ def _progress_callback(task: Task, progress: Progress, start_best: float | None,
         def __init__(self):
             self.done = 0
             self.best = start_best
+            self.stale = 0  # trials since the best last improved by GAIN or more
+            self.converged = False
 
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
                   runner_results):
             for result in runner_results:
                 self.done += 1
+                self.stale += 1
                 secs = [float(s) for s in (result.run_secs or [])]
                 if not result.error_msg and secs and all(s < 1e9 for s in secs):
                     ms_value = statistics.fmean(secs) * 1e3
+                    if self.best is None or ms_value < self.best * (1 - GAIN):
+                        self.stale = 0
                     self.best = ms_value if self.best is None else min(self.best, ms_value)
             progress.trials(task, self.done, self.best)
             if stop.is_set():  # the database callback before this one has saved the batch
+                raise _Stop()
+            if patience and self.stale >= patience:
+                self.converged = True
                 raise _Stop()
 
     return _Report()
@@ -408,9 +421,9 @@ def _tune_tasks(tasks: list[Task], budget: dict[str, tuple[int, int]], config: T
         result = TaskResult(task, before, untuned_ms=untuned[task.name])
         progress.task_started(task, todo)
         if todo > 0:
-            callbacks = [*ms.measure_callback.MeasureCallback.create("default"),
-                         _progress_callback(task, progress,
-                                            best_ms(_records(database, task, target)), stop)]
+            report = _progress_callback(task, progress, best_ms(_records(database, task, target)),
+                                        stop, config.patience)
+            callbacks = [*ms.measure_callback.MeasureCallback.create("default"), report]
             try:
                 ms.tune_tasks(tasks=[_context(task, config, todo)],
                               task_weights=[float(task.weight)], work_dir=str(config.db_dir),
@@ -421,7 +434,11 @@ def _tune_tasks(tasks: list[Task], budget: dict[str, tuple[int, int]], config: T
             except Exception:
                 if stop.is_set():  # our _Stop, come back through MetaSchedule's C++ loop
                     raise KeyboardInterrupt from None
-                raise
+                if not report.converged:
+                    raise
+                log.info("%s: no 1%% gain in %d trials, stopped early", task.name,
+                         config.patience)
+                result.converged = True
         records = _records(database, task, target)
         result.trials_run = len(records) - before
         result.tuned_ms = best_ms(records)
