@@ -128,8 +128,14 @@ start)
     key=${3:-emu-arm64}
     extra=$("$root/bin/python" -c "import os, tvm; print(os.path.join(os.path.dirname(tvm.__file__), 'lib', 'libtvm_runtime_extra.so'))")
     export TVM_NUM_THREADS=${TVM_NUM_THREADS:-1}
-    exec "$root/bin/python" -m tvm.exec.rpc_server --host 127.0.0.1 --port 9090 --port-end 9190 \
-        --tracker "$tracker" --key "$key" --load-library "$extra"
+    # The server forks workers and re-executes itself: run it as its own process group and
+    # stop the whole group on Ctrl-C or SIGTERM, so no emulated process outlives the script.
+    set -m
+    "$root/bin/python" -m tvm.exec.rpc_server --host 127.0.0.1 --port 9090 --port-end 9190 \
+        --tracker "$tracker" --key "$key" --load-library "$extra" &
+    server=$!
+    trap 'kill -TERM -- "-$server" 2>/dev/null; wait "$server"; exit 143' TERM INT
+    wait "$server"
     ;;
 python)
     shift

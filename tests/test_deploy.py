@@ -239,3 +239,28 @@ def test_compare_on_the_emulated_device(emu, tmp_path):
     assert all(row["latency_ms"] and row["max_abs_err"] <= 1e-4 for row in data["rows"]), \
         [row["error"] for row in data["rows"]]
     assert "EMULATED" in (out / "report.md").read_text()
+
+
+def test_sigterm_stops_the_embedded_servers(host_small):
+    """SIGTERM mid-deploy is handled like Ctrl-C: exit 143 and no tracker or device server left
+    behind (they run in their own sessions, so nothing else would stop them)."""
+    import psutil
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tvmshuffle.cli", "deploy", str(host_small), "--repeat", "100000",
+         "--number", "10"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while True:
+        servers = [child for child in psutil.Process(proc.pid).children(recursive=True)
+                   if "tvm.exec.rpc_" in " ".join(child.cmdline())]
+        if len(servers) == 2:
+            break
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "the embedded servers did not start"
+        time.sleep(0.2)
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr.decode()
+    assert "Error: terminated" in stderr.decode()
+    assert not [s for s in servers if s.is_running() and s.status() != psutil.STATUS_ZOMBIE]

@@ -25,14 +25,15 @@ class _Group(click.Group):
         except TvmShuffleError as err:
             click.echo(f"Error: {err}", err=True)
             sys.exit(err.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
             # Servers were stopped and records saved by the stages' own cleanup on the way
             # here. Exit without interpreter teardown: TVM's worker pools and runtime threads,
             # cut short by the same Ctrl-C, can abort the process while it finalizes.
-            click.echo("Error: interrupted", err=True)
+            terminated = type(err).__name__ == "Terminated"
+            click.echo(f"Error: {'terminated' if terminated else 'interrupted'}", err=True)
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(130)
+            os._exit(143 if terminated else 130)
 
 
 def _input_size(ctx, param, value):
@@ -430,7 +431,19 @@ def deploy(out_dir: Path, rpc_tracker, rpc_key, threads, repeat, number, toleran
         report.deploy_table(artifact.manifest, deployed)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the stages' cleanup runs (embedded servers stopped,
+    records saved), then exit 143."""
+
+
+def _on_sigterm(_signum, _frame) -> None:
+    raise Terminated()
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     cli(prog_name="tvmshuffle")
 
 
