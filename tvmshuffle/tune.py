@@ -458,9 +458,16 @@ def default_db_dir(target: TargetConfig, device: str) -> Path:
 
 
 def shipped_db_dir(target: TargetConfig, device: str) -> Path | None:
-    """The default database directory for ``target`` if it holds records, else None."""
+    """The database ``compile`` and ``compare`` apply by default: ``schedules/<target>/`` under
+    the working directory (where ``tune`` writes), else the one shipped beside this package
+    (so a source checkout's databases apply wherever the command runs); None if neither holds
+    records."""
     default = default_db_dir(target, device)
-    return default if (default / RECORD_FILE).exists() else None
+    shipped = Path(__file__).resolve().parent.parent / default
+    for candidate in (default, shipped):
+        if (candidate / RECORD_FILE).exists():
+            return candidate
+    return None
 
 
 def apply_database(db_dir: Path):
