@@ -275,7 +275,8 @@ def compare_table(data: dict, console: Console | None = None) -> None:
                         "; speedups: theoretical / measured (efficiency)")
     for column in ("model", "size", "MFLOPs", "tvmshuffle ms", "tuned", "host PyTorch ms",
                    "host ORT ms", "paper SD820 ms", "vs AlexNet", "vs MobileNet"):
-        table.add_column(column, justify="left" if column in ("model", "size") else "right")
+        table.add_column(column, justify="left" if column in ("model", "size") else "right",
+                         no_wrap=column in ("model", "size"))
 
     def speed(entry):
         if not entry:
@@ -339,10 +340,16 @@ def _plot(data: dict, path) -> None:
             series.setdefault(("tvmshuffle", row["size"]), []).append((flops, row["latency_ms"]))
         for engine, ms_value in (row["peers_ms"] or {}).items():
             series.setdefault((f"{engine} (host)", row["size"]), []).append((flops, ms_value))
-    markers = {"tvmshuffle": "o", "torch (host)": "s", "onnxruntime (host)": "^"}
+    # colour and marker name the engine, the line style the input size
+    styles = {"tvmshuffle": ("o", "C3"), "torch (host)": ("s", "C0"),
+              "onnxruntime (host)": ("^", "C2")}
+    dashes = {}
     for (engine, size), points in sorted(series.items()):
         points.sort()
-        ax.plot(*zip(*points), marker=markers.get(engine, "x"), label=f"{engine} {size}")
+        marker, colour = styles.get(engine, ("x", "C7"))
+        line = dashes.setdefault(size, ("-", "--", "-.", ":")[len(dashes) % 4])
+        ax.plot(*zip(*points), marker=marker, color=colour, linestyle=line,
+                label=f"{engine} {size}")
     # the paper's phone, at the FLOPs we count for the same model and size (ours reproduce
     # the paper's at 224x224)
     counted = {(r["model"], r["size"]): r["mflops"] for r in data["rows"]}
