@@ -1,15 +1,17 @@
 """Where the time goes: every kernel of a compiled model against this CPU's roofline.
 
-Measures two ceilings on one core in this process: compute (PyTorch's fp32 matmul, 1 thread:
-the vendor BLAS's attainable peak, AVX-512 where the CPU has it) and memory bandwidth (a copy of
-a 512 MB array: read + write bytes per second). Then compiles the model (with a tuning database
+Two ceilings for one core: compute, the nominal fp32 peak (the clock /proc/cpuinfo reports x
+FLOPs per cycle: 64 with AVX-512 on two full-width FMA pipes as in Zen 5, 32 with AVX2 FMA;
+``--flops-per-cycle`` to override; PyTorch's 1-thread matmul is printed beside it, but MKL runs
+its AVX2 path on AMD CPUs, so it is no ceiling there) and memory bandwidth (a copy of a 512 MB
+array: read + write bytes per second). Then compiles the model (with a tuning database
 if given), times every kernel call (``vm.set_instrument``), and for each kernel reports FLOPs
 (TVM's ``estimate_tir_flops`` of its PrimFunc), bytes (its buffers, each counted once: a lower
 bound of its traffic), arithmetic intensity, attained GFLOP/s, the roofline bound
 min(peak, intensity x bandwidth) and the fraction of that bound attained.
 
     python benchmarks/roofline.py [--model shufflenet_v1_g3_1.0x] [--size 224x224]
-        [--db schedules/host-znver5] [--top 20] [--json]
+        [--db schedules/host-znver5] [--top 20] [--flops-per-cycle N] [--json]
 """
 
 from __future__ import annotations
@@ -41,6 +43,17 @@ def compute_peak_gflops(n: int = 1024, repeat: int = 10) -> float:
         torch.mm(a, b)
         best = min(best, time.perf_counter() - start)
     return 2 * n ** 3 / best / 1e9
+
+
+def nominal_peak_gflops(flops_per_cycle: int | None) -> tuple[float, int, float]:
+    """(GFLOP/s, FLOPs per cycle, GHz) from /proc/cpuinfo's clock and vector flags."""
+    text = Path("/proc/cpuinfo").read_text()
+    mhz = max(float(line.split(":")[1]) for line in text.splitlines()
+              if line.startswith("cpu MHz"))
+    flags = next(line for line in text.splitlines() if line.startswith("flags")).split()
+    if flops_per_cycle is None:
+        flops_per_cycle = 64 if "avx512f" in flags else 32 if "fma" in flags else 8
+    return mhz / 1e3 * flops_per_cycle, flops_per_cycle, mhz / 1e3
 
 
 def bandwidth_gbs(megabytes: int = 512, repeat: int = 5) -> float:
@@ -83,10 +96,12 @@ def main() -> None:
     parser.add_argument("--size", default="224x224")
     parser.add_argument("--db", type=Path)
     parser.add_argument("--top", type=int, default=20)
+    parser.add_argument("--flops-per-cycle", type=int)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    peak, bw = compute_peak_gflops(), bandwidth_gbs()
+    peak, per_cycle, ghz = nominal_peak_gflops(args.flops_per_cycle)
+    blas, bw = compute_peak_gflops(), bandwidth_gbs()
     imported = frontends.load(frontends.ModelSpec(args.model,
                                                   frontends.parse_input_size(args.size)))
     config = export.CompileConfig(target.resolve("host"), db=args.db)
@@ -117,15 +132,17 @@ def main() -> None:
                      "of_bound": attained / bound if bound else 0.0,
                      "tuned": k.name in tuned})
     data = {"model": args.model, "size": args.size, "db": str(args.db) if args.db else None,
-            "compute_peak_gflops": peak, "bandwidth_gbs": bw, "total_ms": total_ms,
+            "compute_peak_gflops": peak, "flops_per_cycle": per_cycle, "ghz": ghz,
+            "torch_matmul_gflops": blas, "bandwidth_gbs": bw, "total_ms": total_ms,
             "kernels": rows}
     if args.json:
         print(json.dumps(data, indent=2))
         return
     console = Console(width=170)
     console.print(f"{args.model} {args.size}: {total_ms:.3f} ms (median of 30). Ceilings, 1 "
-                  f"core: compute {peak:.1f} GFLOP/s (PyTorch fp32 matmul), bandwidth "
-                  f"{bw:.1f} GB/s (512 MB copy); ridge at {peak / bw:.1f} FLOP/byte")
+                  f"core: compute {peak:.1f} GFLOP/s ({per_cycle} FLOP/cycle at {ghz:.2f} GHz; "
+                  f"PyTorch fp32 matmul reaches {blas:.1f}), bandwidth {bw:.1f} GB/s (512 MB "
+                  f"copy); ridge at {peak / bw:.1f} FLOP/byte")
     table = Table()
     for column in ("kernel", "calls", "ms", "share", "MFLOP", "MB", "FLOP/B", "GFLOP/s",
                    "bound", "of bound", "tuned"):
