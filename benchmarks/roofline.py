@@ -36,13 +36,18 @@ def compute_peak_gflops(n: int = 1024, repeat: int = 10) -> float:
 
     torch.set_num_threads(1)
     a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
+    return 2 * n ** 3 / best_seconds(lambda: torch.mm(a, b), repeat) / 1e9
+
+
+def best_seconds(fn, repeat: int) -> float:
+    """The fastest of ``repeat`` timed calls, after one untimed call."""
+    fn()
     best = math.inf
     for _ in range(repeat):
         start = time.perf_counter()
-        torch.mm(a, b)
+        fn()
         best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best / 1e9
+    return best
 
 
 def nominal_peak_gflops(flops_per_cycle: int | None) -> tuple[float, int, float]:
@@ -59,13 +64,7 @@ def nominal_peak_gflops(flops_per_cycle: int | None) -> tuple[float, int, float]
 def bandwidth_gbs(megabytes: int = 512, repeat: int = 5) -> float:
     src = np.ones(megabytes * (1 << 20) // 4, dtype=np.float32)
     dst = np.empty_like(src)
-    np.copyto(dst, src)
-    best = math.inf
-    for _ in range(repeat):
-        start = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - start)
-    return 2 * src.nbytes / best / 1e9
+    return 2 * src.nbytes / best_seconds(lambda: np.copyto(dst, src), repeat) / 1e9
 
 
 def kernel_costs(mod: tvm.IRModule) -> dict[str, tuple[float, int]]:

@@ -55,6 +55,23 @@ threads_option = click.option(
     "--threads", type=click.IntRange(min=1), default=None,
     help="Threads the model will run with: the target's num-cores (default: 1 on the host, the "
          "device preset's cores on ARM).")
+def timing_options(repeat: int, where: str):
+    """--repeat, --number and --tolerance, shared by `run` and `deploy`."""
+    def apply(command):
+        for option in reversed((
+            click.option("--repeat", default=repeat, show_default=True,
+                         type=click.IntRange(min=1),
+                         help=f"Timed repeats{where} (median / p90 over them)."),
+            click.option("--number", default=1, show_default=True, type=click.IntRange(min=1),
+                         help="Runs averaged inside each repeat."),
+            click.option("--tolerance", default=1e-4, show_default=True, type=float,
+                         help="Largest max-abs error accepted against the host reference."),
+        )):
+            command = option(command)
+        return command
+    return apply
+
+
 rpc_tracker_option = click.option(
     "--rpc-tracker", metavar="HOST:PORT",
     help="TVM RPC tracker to get devices from (default: an embedded tracker and a host-CPU "
@@ -359,12 +376,7 @@ def compare(target_name, device, rpc_tracker, rpc_key, model_list, sizes, db, tu
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
               help="Threads of TVM's pool.")
-@click.option("--repeat", default=30, show_default=True, type=click.IntRange(min=1),
-              help="Timed repeats (median / p90 over them).")
-@click.option("--number", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Runs averaged inside each repeat.")
-@click.option("--tolerance", default=1e-4, show_default=True, type=float,
-              help="Largest max-abs error accepted against the reference.")
+@timing_options(30, "")
 @click.option("--profile", is_flag=True, help="Also time every kernel (calls, ms, share).")
 @json_option
 def run(out_dir: Path, threads: int, repeat: int, number: int, tolerance: float,
@@ -391,12 +403,7 @@ def run(out_dir: Path, threads: int, repeat: int, number: int, tolerance: float,
 @rpc_key_option
 @click.option("--threads", type=click.IntRange(min=1),
               help="Threads on the device (default: the target's num-cores).")
-@click.option("--repeat", default=10, show_default=True, type=click.IntRange(min=1),
-              help="Timed repeats on the device (median / p90 over them).")
-@click.option("--number", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Runs averaged inside each repeat.")
-@click.option("--tolerance", default=1e-4, show_default=True, type=float,
-              help="Largest max-abs error accepted against the host reference.")
+@timing_options(10, " on the device")
 @click.option("--wait", default=60, show_default=True, type=click.IntRange(min=1),
               help="Seconds to wait for a free device under the key.")
 @click.option("--timeout", default=600, show_default=True, type=click.IntRange(min=1),
