@@ -55,6 +55,8 @@ threads_option = click.option(
     "--threads", type=click.IntRange(min=1), default=None,
     help="Threads the model will run with: the target's num-cores (default: 1 on the host, the "
          "device preset's cores on ARM).")
+
+
 def timing_options(repeat: int, where: str):
     """--repeat, --number and --tolerance, shared by `run` and `deploy`."""
     def apply(command):
@@ -319,12 +321,8 @@ def compare(target_name, device, rpc_tracker, rpc_key, model_list, sizes, db, tu
     against the host reference and timed there. Without --rpc-tracker the device is this
     machine's CPU behind an embedded tracker. AlexNet takes every size: adaptive average pooling
     before its classifier (the identity at 224x224) keeps its FC layers' shapes."""
-    import datetime
-
-    import tvm
-
     from . import compare as comparing
-    from . import deploy, export, report, target, toolchain, tune
+    from . import export, report, target, toolchain, tune
 
     resolved = target.resolve(target_name, device, threads)
     toolchain.find(resolved, android_api)
@@ -353,16 +351,9 @@ def compare(target_name, device, rpc_tracker, rpc_key, model_list, sizes, db, tu
                          if tune_trials else "compiling, deploying and timing every model and "
                          "size", quiet=as_json) as at:
             cells = comparing.run(config, at)
-    is_emulated = deploy.is_emulated(tracker.key, emulated)
     where = (f"this machine's CPU ({dict(resolved.spec).get('mcpu')}, embedded device)"
              if not rpc_tracker else f"device '{tracker.key}' via {tracker.address}")
-    environment = {
-        "device": where, "device_key": tracker.key, "tracker": tracker.address,
-        "emulated": is_emulated, "target": resolved.as_json()["str"],
-        "target_name": resolved.name, "tvm_version": tvm.__version__,
-        "threads": config.threads, "db": str(db) if db else None, "tune_trials": tune_trials,
-        "peers_on": "this machine (host)",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    environment = comparing.environment(config, where)
     data = report.compare_json(cells, config, environment)
     report.write_compare(report_dir, data)
     if as_json:

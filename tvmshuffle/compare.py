@@ -138,6 +138,22 @@ def _peers(name: str, imported, artifact: bench.Artifact, config: CompareConfig,
     return peers
 
 
+def environment(config: CompareConfig, where: str) -> dict:
+    """What the report says about where and how it was measured."""
+    import datetime
+
+    import tvm
+
+    return {
+        "device": where, "device_key": config.tracker.key, "tracker": config.tracker.address,
+        "emulated": deploy.is_emulated(config.tracker.key, config.emulated),
+        "target": config.target.as_json()["str"], "target_name": config.target.name,
+        "tvm_version": tvm.__version__, "threads": config.threads,
+        "db": str(config.db) if config.db else None, "tune_trials": config.tune_trials,
+        "peers_on": "this machine (host)",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
 def run(config: CompareConfig, progress=None) -> list[Cell]:
     """Every model at every size; a cell that fails is kept with its error."""
     cells = []
