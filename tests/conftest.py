@@ -1,11 +1,63 @@
-"""Shared fixtures: small model files written once per session."""
+"""Shared fixtures (small model files written once per session) and helpers: the CLI driven
+in-process, its one-line errors, and device servers registered at a loopback tracker."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
+from click.testing import CliRunner
 
-from tvmshuffle import frontends, models
+from tvmshuffle import frontends, models, remote
+from tvmshuffle.cli import cli
+
+
+def invoke(*args: str):
+    """The command line in this process (click's CliRunner), exceptions not swallowed."""
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def assert_one_line_error(result, *fragments: str, exit_code: int | None = None) -> None:
+    """A failed command printed one line, 'Error: ...', holding every fragment, no traceback;
+    with ``exit_code``, it exited with that code."""
+    assert result.exit_code != 0
+    if exit_code is not None:
+        assert result.exit_code == exit_code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ") and "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines
+
+
+def spawn_server(tracker: remote.TrackerConfig, key: str) -> subprocess.Popen:
+    """A host-CPU `tvm.exec.rpc_server` registering under ``key``, in its own session (stop it
+    with killpg)."""
+    port = remote._free_port()
+    return subprocess.Popen(
+        [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port",
+         str(port), "--port-end", str(port + 20), "--tracker", tracker.address, "--key", key,
+         "--silent"], env={**os.environ, "TVM_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def wait_registered(config: remote.TrackerConfig, proc: subprocess.Popen, timeout: float,
+                    count: int = 1) -> None:
+    """Wait until ``count`` devices are registered under ``config.key``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"device server '{config.key}' exited"
+        try:
+            if remote.free_devices(config, timeout=1.0) >= count:
+                return
+        except Exception:
+            pass
+        assert time.monotonic() < deadline, f"'{config.key}' did not register in {timeout} s"
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="session")

@@ -5,14 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
-
+from conftest import assert_one_line_error, invoke
 from tvmshuffle import compare
-from tvmshuffle.cli import cli
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
 def cell(model, macs, latency, size=(224, 224)):
@@ -78,10 +72,7 @@ def test_compare_writes_table_json_and_png(tmp_path):
 ])
 def test_compare_bad_input(args, fragment):
     """Bad --models, --sizes, --baselines or report dir: one line, non-zero exit."""
-    result = invoke("compare", *args)
-    assert result.exit_code != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0], lines
+    assert_one_line_error(invoke("compare", *args), fragment)
 
 
 @pytest.mark.slow

@@ -10,10 +10,8 @@ import stat
 import subprocess
 
 import pytest
-from click.testing import CliRunner
-
+from conftest import assert_one_line_error, invoke
 from tvmshuffle import target, toolchain
-from tvmshuffle.cli import cli
 
 SMALL = ("shufflenet_v1_g3_0.25x", "--input-size", "64x64", "--no-db")
 
@@ -28,8 +26,7 @@ def need(*tools: str) -> None:
 
 
 def compile_for(name: str, out, *extra: str) -> dict:
-    result = CliRunner().invoke(cli, ["compile", *SMALL, "--target", name, "-o", str(out),
-                                      "--json", *extra], catch_exceptions=False)
+    result = invoke("compile", *SMALL, "--target", name, "-o", str(out), "--json", *extra)
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
@@ -122,11 +119,8 @@ def test_missing_toolchain_says_what_to_install(name, env, fragment, tmp_path, m
         monkeypatch.delenv(var, raising=False)
     for var, value in env.items():
         monkeypatch.setenv(var, value.replace("{empty}", str(tmp_path)))
-    result = CliRunner().invoke(cli, ["compile", *SMALL, "--target", name, "-o",
-                                      str(tmp_path / "o")], catch_exceptions=False)
-    assert result.exit_code != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0], lines
+    assert_one_line_error(invoke("compile", *SMALL, "--target", name, "-o",
+                                 str(tmp_path / "o")), fragment)
     assert not (tmp_path / "o" / "model.so").exists()
 
 

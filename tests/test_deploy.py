@@ -13,10 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-
+from conftest import assert_one_line_error, invoke, spawn_server, wait_registered
 from tvmshuffle import deploy, remote
-from tvmshuffle.cli import cli
 
 pytestmark = pytest.mark.slow
 
@@ -24,16 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 EMU_SCRIPT = REPO / "rpc" / "emu_arm64.sh"
 EMU_KEY = "emu-arm64"
 SMALL = ("shufflenet_v1_g3_0.25x", "--input-size", "64x64")
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-
-def one_line_error(result, code: int, fragment: str) -> None:
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == code, result.output
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0], lines
 
 
 def deploy_json(out: Path, tracker: remote.TrackerConfig, *args: str) -> dict:
@@ -47,28 +35,6 @@ def compile_to(out: Path, *args: str) -> dict:
     result = invoke("compile", *args, "-o", str(out), "--json")
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
-
-
-def spawn_server(tracker: remote.TrackerConfig, key: str) -> subprocess.Popen:
-    port = remote._free_port()
-    return subprocess.Popen(
-        [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port",
-         str(port), "--port-end", str(port + 20), "--tracker", tracker.address, "--key", key,
-         "--silent"], env={**os.environ, "TVM_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True)
-
-
-def wait_registered(config: remote.TrackerConfig, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        assert proc.poll() is None, f"device server '{config.key}' exited"
-        try:
-            if remote.free_devices(config, timeout=1.0) >= 1:
-                return
-        except Exception:
-            pass
-        assert time.monotonic() < deadline, f"'{config.key}' did not register in {timeout} s"
-        time.sleep(0.5)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -147,7 +113,7 @@ def test_host_library_refused_before_upload_to_an_arm_device(emu, host_small):
     """A host .so sent to the ARM key is refused by architecture, naming both."""
     result = invoke("deploy", str(host_small), "--rpc-tracker", emu.address, "--rpc-key",
                     EMU_KEY)
-    one_line_error(result, 2, "is built for x86_64")
+    assert_one_line_error(result, "is built for x86_64", exit_code=2)
     assert "aarch64" in result.stderr
 
 
@@ -156,7 +122,7 @@ def test_arm_library_refused_by_the_host_device(host_tracker, tmp_path):
     compile_to(tmp_path / "arm", *SMALL, "--target", "arm-linux", "--no-db")
     result = invoke("deploy", str(tmp_path / "arm"), "--rpc-tracker", host_tracker.address,
                     "--rpc-key", host_tracker.key)
-    one_line_error(result, 2, "is built for aarch64-linux-gnu")
+    assert_one_line_error(result, "is built for aarch64-linux-gnu", exit_code=2)
 
 
 def test_embedded_default_deploys_host_library(host_small):
@@ -180,7 +146,7 @@ def test_wrong_numerics_on_the_device_give_no_latency(host_tracker, host_small, 
     np.savez(out / "reference.npz", **data)
     result = invoke("deploy", str(out), "--rpc-tracker", host_tracker.address, "--rpc-key",
                     host_tracker.key, "--json")
-    one_line_error(result, 5, "max abs error 0.25")
+    assert_one_line_error(result, "max abs error 0.25", exit_code=5)
     assert result.stdout == ""
 
 
@@ -192,7 +158,7 @@ def test_no_free_device_within_the_wait(host_tracker, host_small):
         start = time.monotonic()
         result = invoke("deploy", str(host_small), "--rpc-tracker", host_tracker.address,
                         "--rpc-key", host_tracker.key, "--wait", "3")
-        one_line_error(result, 6, "became free within 3 s")
+        assert_one_line_error(result, "became free within 3 s", exit_code=6)
         assert time.monotonic() - start < 30
     finally:
         del held

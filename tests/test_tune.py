@@ -11,30 +11,18 @@ import time
 
 import psutil
 import pytest
-from click.testing import CliRunner
-
+from conftest import assert_one_line_error, invoke, spawn_server, wait_registered
 from tvmshuffle import remote, tune
-from tvmshuffle.cli import cli
 
 pytestmark = pytest.mark.slow
 
 MODEL = ("shufflenet_v1_g3_0.25x", "--input-size", "64x64")
 
 
-def invoke(*args: str):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-
 def tune_json(*args: str) -> dict:
     result = invoke("tune", *MODEL, "--json", *args)
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
-
-
-def one_line_error(result, fragment: str) -> None:
-    assert result.exit_code != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0], lines
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +87,7 @@ def test_unreachable_tracker_fails_fast(tmp_path):
     start = time.monotonic()
     result = invoke("tune", *MODEL, "--rpc-tracker", f"127.0.0.1:{remote._free_port()}",
                     "--rpc-key", "x", "--timeout", "5", "--db", str(tmp_path / "db"))
-    one_line_error(result, "unreachable")
+    assert_one_line_error(result, "unreachable")
     assert time.monotonic() - start < 60
 
 
@@ -107,7 +95,7 @@ def test_unknown_key_lists_the_keys(tracker, tmp_path):
     """No device under the key: the error lists the keys the tracker has."""
     result = invoke("tune", *MODEL, "--rpc-tracker", tracker.address, "--rpc-key", "pixel9",
                     "--db", str(tmp_path / "db"))
-    one_line_error(result, "testcpu (1 device(s), 1 free)")
+    assert_one_line_error(result, "testcpu (1 device(s), 1 free)")
 
 
 def test_corrupt_database_line_is_named_and_kept(tmp_path):
@@ -118,7 +106,7 @@ def test_corrupt_database_line_is_named_and_kept(tmp_path):
     (db / tune.RECORD_FILE).write_text('[0, [[], [1e-05], {"kind": "llvm"}\n')
     before = (db / tune.RECORD_FILE).read_bytes()
     result = invoke("tune", *MODEL, "--db", str(db), "--trials", "1")
-    one_line_error(result, f"{tune.RECORD_FILE}:1: corrupt tuning record")
+    assert_one_line_error(result, f"{tune.RECORD_FILE}:1: corrupt tuning record")
     assert (db / tune.RECORD_FILE).read_bytes() == before
 
 
@@ -159,22 +147,10 @@ def test_a_device_dying_mid_tuning_does_not_stop_it(tracker, tmp_path):
     """Two devices under a key, one killed mid-run: tuning finishes on the other, every record
     written before and after is kept."""
     key_config = remote.TrackerConfig(tracker.host, tracker.port, "dual")
-    ports = [remote._free_port() for _ in range(2)]
-    servers = [subprocess.Popen(
-        [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port),
-         "--port-end", str(port + 20), "--tracker", tracker.address, "--key", "dual",
-         "--silent"], env={**os.environ, "TVM_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True) for port in ports]
+    servers = [spawn_server(tracker, "dual") for _ in range(2)]
     try:
         deadline = time.monotonic() + 120
-        while True:
-            try:
-                if remote.free_devices(key_config) == 2:
-                    break
-            except Exception:
-                pass
-            assert time.monotonic() < deadline, "devices did not register"
-            time.sleep(0.5)
+        wait_registered(key_config, servers[0], 120, count=2)
         db = tmp_path / "db"
         proc = subprocess.Popen(
             [sys.executable, "-m", "tvmshuffle.cli", "tune", *MODEL, "--ops", "depthwise",

@@ -81,6 +81,14 @@ rpc_tracker_option = click.option(
 rpc_key_option = click.option("--rpc-key", help="Device key at the tracker, e.g. snapdragon820.")
 
 
+def _need_device(rpc_tracker: str | None, resolved) -> None:
+    """Code for another machine needs a tracker: the embedded default device is this CPU.
+    Checked before any import or build."""
+    if not rpc_tracker and not resolved.runs_on_host:
+        raise BadInputError(f"--target {resolved.name} needs a device: give --rpc-tracker and "
+                            "--rpc-key (the embedded default device is this machine's CPU)")
+
+
 def _devices(stack: contextlib.ExitStack, rpc_tracker: str | None, rpc_key: str | None,
              threads: int, session_timeout: int, quiet: bool):
     """The tracker to use and how many devices it has under the key: the given one, or the
@@ -257,9 +265,7 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
 
     config_target = target.resolve(target_name, device, threads)
     toolchain.find(config_target, android_api)  # candidates are linked like the final .so
-    if not rpc_tracker and not config_target.runs_on_host:
-        raise BadInputError(f"--target {target_name} needs a device: give --rpc-tracker and "
-                            "--rpc-key (the embedded default device is this machine's CPU)")
+    _need_device(rpc_tracker, config_target)
     kinds = tuple(k.strip() for k in ops.split(",") if k.strip())
     unknown = [k for k in kinds if k not in (*tuning.OPS_CHOICES, "all")]
     if unknown or not kinds:
@@ -326,9 +332,7 @@ def compare(target_name, device, rpc_tracker, rpc_key, model_list, sizes, db, tu
 
     resolved = target.resolve(target_name, device, threads)
     toolchain.find(resolved, android_api)
-    if not rpc_tracker and not resolved.runs_on_host:
-        raise BadInputError(f"--target {target_name} needs a device: give --rpc-tracker and "
-                            "--rpc-key (the embedded default device is this machine's CPU)")
+    _need_device(rpc_tracker, resolved)
     names = tuple(n.strip() for n in (model_list or ",".join(comparing.DEFAULT_MODELS))
                   .split(",") if n.strip())
     size_list = comparing.parse_sizes(sizes)

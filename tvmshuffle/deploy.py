@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from .bench import DEFAULT_TOLERANCE, Artifact, Latency, RunResult, flatten_outputs, max_abs_error
 from .errors import BadInputError, DeviceError, NumericsError, TvmShuffleError, first_line
 from .remote import TrackerConfig
+from .target import host_arch
 
 EMULATED_PREFIX = "emu"
 
@@ -110,13 +111,7 @@ def check_architecture(artifact: Artifact, key: str, triple: str | None) -> None
         raise BadInputError(
             f"{artifact.library} is built for {artifact.target.triple} (target "
             f"{artifact.target.name}) but device '{key}' is {triple}: compile with --target "
-            f"{'host' if device == _host_arch() else 'arm or arm-linux'} for it")
-
-
-def _host_arch() -> str:
-    import platform
-
-    return platform.machine() or "x86_64"
+            f"{'host' if device == host_arch() else 'arm or arm-linux'} for it")
 
 
 def run_remote(artifact: Artifact, tracker: TrackerConfig, config: DeployConfig) -> DeployResult:

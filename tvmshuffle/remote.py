@@ -72,9 +72,9 @@ def free_devices(config: TrackerConfig, timeout: float = 5.0) -> int:
     info = summary(config, timeout)
     registered: dict[str, int] = {}
     for server in info.get("server_info", []):
-        key = str(server.get("key", ""))
-        if key.startswith("server:"):
-            registered[key[len("server:"):]] = registered.get(key[len("server:"):], 0) + 1
+        role, _, key = str(server.get("key", "")).partition(":")
+        if role == "server":
+            registered[key] = registered.get(key, 0) + 1
     queue = info.get("queue_info", {})
     count = max(registered.get(config.key, 0), int(queue.get(config.key, {}).get("free", 0)))
     if count == 0:

@@ -63,7 +63,7 @@ class TargetConfig:
     def runs_on_host(self) -> bool:
         """Whether code for this target loads in this process (same arch, not Android)."""
         arch = self.triple.split("-")[0]
-        return arch == (platform.machine() or "x86_64") and "android" not in self.triple
+        return arch == host_arch() and "android" not in self.triple
 
     def as_json(self) -> dict:
         return {"name": self.name, "tvm": dict(self.spec), "str": str(self.tvm_target)}
@@ -78,13 +78,17 @@ def _freeze(spec: dict) -> tuple[tuple[str, object], ...]:
     return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in spec.items())
 
 
+def host_arch() -> str:
+    """This machine's architecture as LLVM triples name it (x86_64, aarch64)."""
+    return platform.machine() or "x86_64"
+
+
 def host_spec(threads: int = 1) -> dict:
     from tvm.target import codegen
 
-    arch = platform.machine() or "x86_64"
     return {
         "kind": "llvm",
-        "mtriple": f"{arch}-unknown-linux-gnu",
+        "mtriple": f"{host_arch()}-unknown-linux-gnu",
         "mcpu": codegen.llvm_get_system_cpu(),
         "num-cores": threads,
     }
