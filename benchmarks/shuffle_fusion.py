@@ -72,7 +72,7 @@ def main() -> None:
                     continue
                 out = work / f"{len(rows)}-{state}"
                 manifest = export.build_artifact(
-                    model, export.CompileConfig(tgt, fuse, database), out)
+                    model, export.CompileConfig(tgt, fuse, db=database), out)
                 result = bench.run_local(bench.load_artifact(out), args.threads, args.repeat)
                 row[state] = {"median_ms": result.latency.median_ms,
                               "max_abs_err": result.max_abs_err,

@@ -75,41 +75,58 @@ def _run(mod: tvm.IRModule, x: np.ndarray) -> np.ndarray:
     return vm["main"](tvm.runtime.tensor(x)).numpy()
 
 
-def _ops(mod: tvm.IRModule) -> list[str]:
-    names = []
+def _calls(mod: tvm.IRModule) -> list[relax.Call]:
+    calls = []
     relax.analysis.post_order_visit(
-        mod["main"], lambda e: names.append(e.op.name)
+        mod["main"], lambda e: calls.append(e)
         if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) else None)
-    return names
+    return calls
 
 
+def _ops(mod: tvm.IRModule) -> list[str]:
+    return [call.op.name for call in _calls(mod)]
+
+
+def _assert_fused(ops: list[str], layout: str) -> None:
+    """No shuffle chain left: no reshape, and no transpose but the two NHWC<->NCHW ones that
+    ConvertLayout puts at the network's input and output."""
+    assert "relax.reshape" not in ops and "relax.nn.batch_norm" not in ops
+    assert ops.count("relax.permute_dims") == (2 if layout == "NHWC" else 0), ops
+    assert ops.count("relax.call_tir") == 1
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("idiom", ["paper", "inverse", "flatten", "functional"])
 @pytest.mark.parametrize("where", ["after_gconv", "after_relu", "after_dw"])
-def test_every_idiom_and_position_is_fused_exactly(idiom, where):
-    """Each shuffle idiom, wherever it sits, leaves no permute_dims and the same numbers."""
+def test_every_idiom_and_position_is_fused_exactly(idiom, where, layout):
+    """Each shuffle idiom, wherever it sits, in either conv layout, is fused into the
+    convolution after it and gives the same numbers."""
     torch.manual_seed(0)
     net = _Net(idiom, where)
     mod = _import(net)
     assert "relax.permute_dims" in _ops(mod)
-    fused = pipeline.optimize(mod)
+    fused = pipeline.optimize(mod, layout=layout)
     ops = _ops(fused)
-    assert "relax.permute_dims" not in ops and "relax.nn.batch_norm" not in ops
-    assert ops.count("relax.call_tir") == 1
+    _assert_fused(ops, layout)
+    if layout == "NHWC":
+        convs = [c for c in _calls(fused) if c.op.name == "relax.nn.conv2d"]
+        assert convs and all(str(c.attrs.data_layout) == "NHWC" for c in convs)
     x = frontends.fixed_input((1, 12, 8, 8))
     with torch.no_grad():
         expected = net(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(_run(fused, x), expected, atol=1e-5, rtol=0)
 
 
-def test_onnx_form_is_fused(tmp_path):
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_onnx_form_is_fused(tmp_path, layout):
     """ONNX Reshape(const 5-D) -> Transpose(0,2,1,3,4) -> Reshape imports and fuses too."""
     torch.manual_seed(1)
     net = _Net("paper", "after_relu").eval()
     path = frontends.export_onnx(net, (1, 12, 8, 8), tmp_path / "net.onnx")
     imported = frontends.load(frontends.ModelSpec(str(path)))
     assert "relax.permute_dims" in _ops(imported.mod)
-    fused = pipeline.optimize(imported.mod)
-    assert "relax.permute_dims" not in _ops(fused)
+    fused = pipeline.optimize(imported.mod, layout=layout)
+    _assert_fused(_ops(fused), layout)
     x = frontends.fixed_input((1, 12, 8, 8))
     np.testing.assert_allclose(_run(fused, x), imported.reference(x)[0], atol=1e-5, rtol=0)
 
@@ -226,12 +243,13 @@ def test_pass_is_idempotent():
     tvm.ir.assert_structural_equal(pipeline.optimize(once), once)
 
 
-def test_shufflenet_1x_g3_has_no_data_movement_kernel():
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_shufflenet_1x_g3_has_no_data_movement_kernel(layout):
     """TVM's default pipeline leaves six shuffle kernels in ShuffleNet 1x g3; the pass none."""
     imported = frontends.load(frontends.ModelSpec("shufflenet_v1_g3_1.0x"))
     tgt = target.resolve("host").tvm_target
-    plain = pipeline.lower(pipeline.optimize(imported.mod, fuse_shuffle=False), tgt)
-    fused = pipeline.lower(pipeline.optimize(imported.mod), tgt)
+    plain = pipeline.lower(pipeline.optimize(imported.mod, False, layout), tgt)
+    fused = pipeline.lower(pipeline.optimize(imported.mod, True, layout), tgt)
     assert len(pipeline.data_movement_kernels(plain)) == 6
     assert pipeline.data_movement_kernels(fused) == []
     assert sum("shuffled_conv2d" in k for k in pipeline.kernel_names(fused)) == 6

@@ -118,6 +118,11 @@ target_option = click.option(
 android_api_option = click.option(
     "--android-api", default=24, show_default=True, type=click.IntRange(min=21),
     help="Android API level the arm library is linked for (NDK clang or clang+lld).")
+layout_option = click.option(
+    "--layout", type=click.Choice(["nhwc", "nchw"], case_sensitive=False), default="nhwc",
+    show_default=True,
+    help="Layout of the convolutions: nhwc vectorizes over channels (faster on CPUs), nchw is "
+         "the imported layout. Tuning records apply only to the layout they were tuned in.")
 device_option = click.option(
     "--device", default="generic", show_default=True,
     help="Device preset for arm targets (core count, mcpu), e.g. snapdragon820.")
@@ -197,6 +202,7 @@ def flops_cmd(model: str, input_size, per_layer: bool, as_json: bool) -> None:
 @click.option("--dump-ir", is_flag=True, help="Also write the final IRModule as OUT/final_ir.py.")
 @click.option("--no-fuse-shuffle", is_flag=True,
               help="Leave channel shuffles as their own kernels (for comparison).")
+@layout_option
 @click.option("--db", type=click.Path(path_type=Path),
               help="Apply the best schedules of this tuning database (default: "
                    "schedules/<target>/ when it exists, as `tvmshuffle tune` writes it).")
@@ -205,7 +211,7 @@ def flops_cmd(model: str, input_size, per_layer: bool, as_json: bool) -> None:
 @android_api_option
 @json_option
 def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dump_ir,
-                no_fuse_shuffle, db, no_db, threads, android_api, as_json) -> None:
+                no_fuse_shuffle, layout, db, no_db, threads, android_api, as_json) -> None:
     """Import MODEL, optimize it and build OUT/model.so with OUT/manifest.json.
 
     Channel shuffles are fused into the convolution that consumes them; the summary and
@@ -215,8 +221,8 @@ def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dum
     resolved = target.resolve(target_name, device, threads)
     if db is None and not no_db:
         db = tune.shipped_db_dir(resolved, device)
-    config = export.CompileConfig(resolved, not no_fuse_shuffle, None if no_db else db,
-                                  android_api)
+    config = export.CompileConfig(resolved, not no_fuse_shuffle, layout.upper(),
+                                  None if no_db else db, android_api)
     config.linker()  # no linker for the target: say what to install before importing
     export.prepare_out_dir(out_dir)
     with report.step(f"importing {model}", quiet=as_json):
@@ -251,11 +257,13 @@ def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dum
                    "(0: spend every task's whole budget).")
 @input_size_option
 @click.option("--no-fuse-shuffle", is_flag=True, help="Tune without the channel shuffle pass.")
+@layout_option
 @threads_option
 @android_api_option
 @json_option
 def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_task, ops, db,
-         timeout, patience, input_size, no_fuse_shuffle, threads, android_api, as_json) -> None:
+         timeout, patience, input_size, no_fuse_shuffle, layout, threads, android_api,
+         as_json) -> None:
     """Auto-tune MODEL's kernels with MetaSchedule (XGBoost cost model) on devices from a TVM RPC
     tracker, appending records to a database that `tvmshuffle compile --db` applies."""
     import time as _time
@@ -273,7 +281,7 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
                             f"{', '.join(tuning.OPS_CHOICES)} or all")
     config = tuning.TuneConfig(config_target, db or tuning.default_db_dir(config_target, device),
                                trials, trials_per_task, kinds, float(timeout),
-                               not no_fuse_shuffle, android_api=android_api,
+                               not no_fuse_shuffle, layout.upper(), android_api=android_api,
                                patience=patience or None)
     with report.step(f"importing {model}", quiet=as_json):
         imported = frontends.load(frontends.ModelSpec(model, input_size))

@@ -38,6 +38,7 @@ IR_NAME = "final_ir.py"
 class CompileConfig:
     target: TargetConfig
     fuse_shuffle: bool = True  # the channel shuffle pass (passes/channel_shuffle.py)
+    layout: str = pipeline.DEFAULT_LAYOUT  # of the convolutions: NHWC or NCHW
     db: Path | None = None  # a MetaSchedule database whose records are applied
     android_api: int = toolchain.DEFAULT_ANDROID_API  # for --target arm
 
@@ -115,6 +116,7 @@ def write_artifact(out_dir: Path, compiled: Compiled, model: frontends.ImportedM
                     "bytes": so_path.stat().st_size},
         "kernels": list(compiled.kernels),
         "fuse_shuffle": config.fuse_shuffle,
+        "layout": config.layout,
         "tuning": {"db": str(config.db) if config.db else None,
                    "tuned_kernels": pipeline.tuned_kernels(compiled.final_mod)},
         "data_movement_kernels": pipeline.data_movement_kernels(compiled.final_mod),
@@ -131,7 +133,8 @@ def build_artifact(model: frontends.ImportedModel, config: CompileConfig, out_di
     """Graph passes, build and export of an imported model into ``out_dir``: its manifest."""
     config.linker()  # no linker for the target: say so before any work
     prepare_out_dir(out_dir)
-    compiled = compile_module(pipeline.optimize(model.mod, config.fuse_shuffle), config)
+    compiled = compile_module(pipeline.optimize(model.mod, config.fuse_shuffle,
+                                                config.layout), config)
     # counted before the shuffle pass turns the convolutions it fuses into call_tir kernels
     return write_artifact(out_dir, compiled, model, config, flops.count(model.mod), dump_ir)
 

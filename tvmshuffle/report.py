@@ -100,7 +100,8 @@ def compile_summary(manifest: dict, out_dir: str) -> None:
                   "expect naive, slow kernels")
     moving = manifest["data_movement_kernels"]
     state = "fused" if manifest["fuse_shuffle"] else "not fused (--no-fuse-shuffle)"
-    out.print(f"  channel shuffle {state}; kernels that only move data: {len(moving)}"
+    out.print(f"  convolutions {manifest.get('layout', 'NCHW')}; channel shuffle {state}; "
+              f"kernels that only move data: {len(moving)}"
               + (f" ({', '.join(moving)})" if moving else ""))
     out.print(f"  {out_dir}/{manifest['library']['file']} "
               f"({manifest['library']['bytes'] / 1e6:.1f} MB), {out_dir}/manifest.json")

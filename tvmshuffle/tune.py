@@ -52,6 +52,7 @@ class TuneConfig:
     ops: tuple[str, ...] = DEFAULT_OPS  # kinds of task to tune; ("all",) for every task
     timeout: float = 60.0  # build timeout and RPC session timeout, seconds
     fuse_shuffle: bool = True
+    layout: str = pipeline.DEFAULT_LAYOUT  # of the convolutions: NHWC or NCHW
     seed: int = 0
     android_api: int = toolchain.DEFAULT_ANDROID_API  # --target arm: how candidates are linked
     # A task stops early once this many trials in a row brought no gain of GAIN or more over
@@ -99,8 +100,9 @@ class Progress:
 # ---------------------------------------------------------------------------------------- tasks
 
 
-def _classify(func: tvm.tirx.PrimFunc) -> tuple[str, int]:
-    """(kind, multiply-adds per call) of a fused kernel, from its anchor block's buffers."""
+def _classify(func: tvm.tirx.PrimFunc, layout: str) -> tuple[str, int]:
+    """(kind, multiply-adds per call) of a fused kernel, from its anchor block's buffers (the
+    convolutions' ``layout``: NCHW data with OIHW weights, or NHWC with HWIO)."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
@@ -109,11 +111,15 @@ def _classify(func: tvm.tirx.PrimFunc) -> tuple[str, int]:
     out = shapes[-1]
     if any("conv" in n for n in names) and len(shapes) >= 3 and len(shapes[0]) == 4:
         data, weight = shapes[0], shapes[1]
-        macs = math.prod(out) * math.prod(weight[1:])
-        groups = data[1] // weight[1] if weight[1] else 1
+        if layout == "NHWC":  # (n, h, w, c), (kh, kw, c / groups, o)
+            channels, in_per_group, window = data[3], weight[2], weight[0] * weight[1]
+        else:  # (n, c, h, w), (o, c / groups, kh, kw)
+            channels, in_per_group, window = data[1], weight[1], weight[2] * weight[3]
+        macs = math.prod(out) * in_per_group * window
+        groups = channels // in_per_group if in_per_group else 1
         if groups == 1:
             return "conv", macs
-        return ("depthwise" if weight[1] == 1 else "grouped"), macs
+        return ("depthwise" if in_per_group == 1 else "grouped"), macs
     if any("matmul" in n or "dense" in n for n in names) and len(shapes) >= 3:
         return "dense", math.prod(out) * shapes[0][-1]
     return "other", 0
@@ -125,10 +131,11 @@ def extract_tasks(mod: tvm.IRModule, config: TuneConfig) -> list[Task]:
 
     target = config.target.tvm_target
     with target:
-        lowered = relax.pipeline.zero_pipeline()(pipeline.optimize(mod, config.fuse_shuffle))
+        optimized = pipeline.optimize(mod, config.fuse_shuffle, config.layout)
+        lowered = relax.pipeline.zero_pipeline()(optimized)
     tasks = []
     for extracted in ms.relax_integration.extract_tasks(lowered, target):
-        kind, macs = _classify(extracted.dispatched[0]["main"])
+        kind, macs = _classify(extracted.dispatched[0]["main"], config.layout)
         tasks.append(Task(extracted.task_name, kind, int(extracted.weight), macs, extracted))
     tasks.sort(key=lambda t: (-t.weight * t.macs, t.name))
     return tasks

@@ -37,8 +37,9 @@ Preconditions: runs on a Relax module as imported (static shapes, constants boun
 legalization; ``sink`` before BatchNorm folding, ``fuse`` after it (see ``pipeline.py``).
 Deliberately left alone: reshapes that split a spatial or batch axis, transposes that move a
 non-channel axis, reshapes that do not merge back to the input's shape (look-alikes that are not
-a channel permutation), non-NCHW/OIHW convolutions, and permutations whose consumer is not a
-convolution (they stay correct, as their own kernel).
+a channel permutation), convolutions in layouts other than NCHW/OIHW and NHWC/HWIO (the latter
+matched with the transposes ``ConvertLayout`` puts around the chain), and permutations whose
+consumer is not a convolution (they stay correct, as their own kernel).
 """
 
 from __future__ import annotations
@@ -132,8 +133,8 @@ def match_permutation(first: relax.Call, transpose: relax.Call,
 class _Chain:
     """dpl pattern of reshape -> permute_dims -> reshape, and the permutation it computes."""
 
-    def __init__(self):
-        self.data = wildcard()
+    def __init__(self, data=None):
+        self.data = wildcard() if data is None else data
         self.first = is_op("relax.reshape")(self.data, wildcard())
         self.transpose = is_op("relax.permute_dims")(self.first)
         self.pattern = is_op("relax.reshape")(self.transpose, wildcard())
@@ -226,10 +227,17 @@ def _sink(func: relax.Function) -> relax.Function:
 
 
 def _shuffled_conv2d(data: te.Tensor, weight: te.Tensor, permutation: ChannelPermutation,
-                     strides, padding, dilation, groups: int, out_dtype: str) -> te.Tensor:
-    """NCHW/OIHW grouped convolution whose input channel c is read from src(c)."""
-    n, c, h, w = (int(d) for d in data.shape)
-    o, in_per_group, kh, kw = (int(d) for d in weight.shape)
+                     strides, padding, dilation, groups: int, out_dtype: str,
+                     layout: str) -> te.Tensor:
+    """Grouped convolution whose input channel c is read from src(c); ``layout`` NCHW (OIHW
+    weights) or NHWC (HWIO weights)."""
+    nhwc = layout == "NHWC"
+    if nhwc:
+        n, h, w, c = (int(d) for d in data.shape)
+        kh, kw, in_per_group, o = (int(d) for d in weight.shape)
+    else:
+        n, c, h, w = (int(d) for d in data.shape)
+        o, in_per_group, kh, kw = (int(d) for d in weight.shape)
     (sh, sw), (dh, dw) = strides, dilation
     pt, pl, pb, pr = padding
     oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
@@ -237,24 +245,39 @@ def _shuffled_conv2d(data: te.Tensor, weight: te.Tensor, permutation: ChannelPer
     out_per_group = o // groups
 
     def padded(b, ch, y, x):
-        value = data[b, permutation.source_index(ch), y - pt, x - pl]
+        source = permutation.source_index(ch)
+        value = data[b, y - pt, x - pl, source] if nhwc else data[b, source, y - pt, x - pl]
         if not any(padding):
             return value
         inside = tirx.all(y >= pt, y < h + pt, x >= pl, x < w + pl)
         return tirx.if_then_else(inside, value, tirx.const(0, data.dtype))
 
-    # (n, c, h + pt + pb, w + pl + pr): the shuffle rides on the padding copy
-    pad = te.compute(_i64(n, c, h + pt + pb, w + pl + pr), padded, name="shuffle_pad")
+    # the padded input, channels permuted: the shuffle rides on the padding copy
+    ph, pw = h + pt + pb, w + pl + pr
+    if nhwc:
+        pad = te.compute(_i64(n, ph, pw, c), lambda b, y, x, ch: padded(b, ch, y, x),
+                         name="shuffle_pad")
+    else:
+        pad = te.compute(_i64(n, c, ph, pw), padded, name="shuffle_pad")
     ric = te.reduce_axis(_i64(0, in_per_group), name="ric")
     rkh = te.reduce_axis(_i64(0, kh), name="rkh")
     rkw = te.reduce_axis(_i64(0, kw), name="rkw")
-    return te.compute(
-        _i64(n, o, oh, ow),
-        lambda b, oc, y, x: te.sum(
-            pad[b, oc // out_per_group * in_per_group + ric, y * sh + rkh * dh,
-                x * sw + rkw * dw].astype(out_dtype) * weight[oc, ric, rkh, rkw].astype(out_dtype),
-            axis=[ric, rkh, rkw]),
-        name="shuffled_conv2d")
+
+    def product(b, oc, y, x):
+        ch, iy, ix = oc // out_per_group * in_per_group + ric, y * sh + rkh * dh, x * sw + rkw * dw
+        if nhwc:
+            value, coefficient = pad[b, iy, ix, ch], weight[rkh, rkw, ric, oc]
+        else:
+            value, coefficient = pad[b, ch, iy, ix], weight[oc, ric, rkh, rkw]
+        return value.astype(out_dtype) * coefficient.astype(out_dtype)
+
+    if nhwc:
+        return te.compute(_i64(n, oh, ow, o),
+                          lambda b, y, x, oc: te.sum(product(b, oc, y, x), axis=[ric, rkh, rkw]),
+                          name="shuffled_conv2d")
+    return te.compute(_i64(n, o, oh, ow),
+                      lambda b, oc, y, x: te.sum(product(b, oc, y, x), axis=[ric, rkh, rkw]),
+                      name="shuffled_conv2d")
 
 
 def _i64(*values: int) -> tuple[tirx.IntImm, ...]:
@@ -273,7 +296,7 @@ def _conv_prim_func(call: relax.Call, data: relax.Expr,
     out_dtype = x.dtype if out_dtype in ("", "None", "void") else out_dtype
     out = _shuffled_conv2d(x, w, permutation, [int(v) for v in attrs.strides],
                            [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation],
-                           int(attrs.groups), out_dtype)
+                           int(attrs.groups), out_dtype, str(attrs.data_layout))
     func = te.create_prim_func([x, w, out])
     if not any(int(v) for v in attrs.padding):
         # no padding copy to ride on: read the permuted input straight from the conv's loads
@@ -287,25 +310,52 @@ def _dtype(expr: relax.Expr) -> str:
     return str(expr.ty.dtype)
 
 
+# conv layouts the fused kernel implements: data layout -> (weight layout, the permute_dims axes
+# that ConvertLayout puts around a layout-agnostic shuffle chain: into NCHW, back out of it)
+_FUSABLE = {"NCHW": ("OIHW", None), "NHWC": ("HWIO", ((0, 3, 1, 2), (0, 2, 3, 1)))}
+
+
 def _fuse(mod: tvm.IRModule, func_name: str, builder: relax.BlockBuilder) -> relax.Function:
-    chain = _Chain()
-    weight = wildcard()
-    conv = is_op("relax.nn.conv2d")(chain.pattern, weight)
+    """Both forms: conv2d_NCHW(chain(x)), and conv2d_NHWC(to_nhwc(chain(to_nchw(x)))), the
+    latter being what ConvertLayout makes of a shuffle in front of a converted convolution."""
+    func = mod[func_name]
+    for layout, (kernel_layout, transposes) in _FUSABLE.items():
+        if transposes is None:
+            chain = _Chain()
+            conv_input = chain.pattern
+        else:
+            chain = _Chain(is_op("relax.permute_dims")(wildcard()))
+            conv_input = is_op("relax.permute_dims")(chain.pattern)
+        weight = wildcard()
+        conv = is_op("relax.nn.conv2d")(conv_input, weight)
 
-    def rewriter(expr: relax.Call, matches) -> relax.Expr:
-        permutation = chain.permutation(matches)
-        attrs = expr.attrs
-        data = matches[chain.data]
-        if (permutation is None or str(attrs.data_layout) != "NCHW"
-                or str(attrs.kernel_layout) != "OIHW"
-                or str(attrs.out_layout or "NCHW") != "NCHW"
-                or _static_shape(matches[weight]) is None):
-            return expr
-        kernel = _conv_prim_func(expr, data, permutation)
-        gvar = builder.add_func(kernel, "shuffled_conv2d")
-        return relax.call_tir(gvar, [data, matches[weight]], expr.ty)
+        def rewriter(expr: relax.Call, matches, chain=chain, weight=weight,
+                     conv_input=conv_input, layout=layout, kernel_layout=kernel_layout,
+                     transposes=transposes) -> relax.Expr:
+            permutation = chain.permutation(matches)
+            attrs = expr.attrs
+            data = matches[chain.data]
+            if transposes is not None:
+                inner, outer = data, matches[conv_input]
+                if (_axes(inner) != transposes[0] or _axes(outer) != transposes[1]):
+                    return expr
+                data = inner.args[0]
+            if (permutation is None or str(attrs.data_layout) != layout
+                    or str(attrs.kernel_layout) != kernel_layout
+                    or str(attrs.out_layout or layout) != layout
+                    or _static_shape(matches[weight]) is None):
+                return expr
+            kernel = _conv_prim_func(expr, data, permutation)
+            gvar = builder.add_func(kernel, "shuffled_conv2d")
+            return relax.call_tir(gvar, [data, matches[weight]], expr.ty)
 
-    return rewrite_call(conv, rewriter, mod[func_name])
+        func = rewrite_call(conv, rewriter, func)
+    return func
+
+
+def _axes(call: relax.Call) -> tuple[int, ...] | None:
+    axes = call.attrs.axes
+    return None if axes is None else tuple(int(a) for a in axes)
 
 
 def _drop_identity(func: relax.Function) -> relax.Function:
