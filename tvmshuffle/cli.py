@@ -242,7 +242,10 @@ def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dum
 @rpc_tracker_option
 @rpc_key_option
 @click.option("--trials", default=64, show_default=True, type=click.IntRange(min=1),
-              help="Measurement budget over all tuned tasks.")
+              help="Measurement budget over all tuned tasks: an even share of up to 32 each, "
+                   "the rest in proportion to each task's calls x best measured latency "
+                   "(calls x FLOPs before all are measured). Records already in the database "
+                   "count against it.")
 @click.option("--trials-per-task", type=click.IntRange(min=1),
               help="Budget of one task (default: --trials spread evenly).")
 @click.option("--ops", default="grouped,depthwise", show_default=True,
