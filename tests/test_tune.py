@@ -175,3 +175,27 @@ def test_a_device_dying_mid_tuning_does_not_stop_it(tracker, tmp_path):
             if server.poll() is None:
                 os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+def test_the_unscheduled_kernel_is_kept_when_it_is_faster(tmp_path):
+    """A kernel whose unscheduled form beat every candidate is recorded with a no-op trace and
+    its measured time; a slower one is not; compile applies the record and stays correct."""
+    from tvmshuffle import frontends, target
+
+    db_dir = tmp_path / "db"
+    config = tune.TuneConfig(target.resolve("host"), db_dir)
+    tasks = tune.extract_tasks(frontends.load(frontends.ModelSpec(MODEL[0], (64, 64))).mod,
+                               config)
+    task = next(t for t in tasks if t.name.startswith("max_pool2d"))
+    database = tune.open_database(db_dir)
+    assert tune.keep_untuned_if_faster(database, task, [2e-6, 2e-6])
+    assert not tune.keep_untuned_if_faster(database, task, [1e-3]), "slower: not recorded"
+    (record,) = database.get_all_tuning_records()
+    assert len(record.trace.insts) == 1 and tune.best_ms([record]) == pytest.approx(2e-3)
+
+    out = tmp_path / "out"
+    result = invoke("compile", *MODEL, "--db", str(db_dir), "-o", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["tuning"]["tuned_kernels"] == [task.name]
+    run = json.loads(invoke("run", str(out), "--json", "--repeat", "2").stdout)
+    assert run["max_abs_err"] < 1e-4

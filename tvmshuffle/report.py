@@ -218,7 +218,7 @@ def tune_json(results, config, tracker_address: str, key: str, wall_s: float) ->
             "name": r.task.name, "kind": r.task.kind, "weight": r.task.weight,
             "mflops": round(r.task.macs / 1e6, 3), "trials_before": r.trials_before,
             "trials_run": r.trials_run, "untuned_ms": r.untuned_ms, "tuned_ms": r.tuned_ms,
-            "speedup": r.speedup, "converged": r.converged,
+            "speedup": r.speedup, "converged": r.converged, "kept_untuned": r.kept_untuned,
         } for r in results],
     }
 
@@ -239,6 +239,8 @@ def tune_table(data: dict) -> None:
             trials += f" ({row['trials_before']} resumed)"
         if row.get("converged"):
             trials += " (converged)"
+        if row.get("kept_untuned"):
+            trials += " (untuned kept: faster)"
         table.add_row(row["name"], row["kind"], f"{row['mflops']:.2f}", str(row["weight"]),
                       trials, fmt(row["untuned_ms"]), fmt(row["tuned_ms"]),
                       fmt(row["speedup"], ".1f") + ("x" if row["speedup"] else ""))

@@ -77,6 +77,7 @@ class TaskResult:
     untuned_ms: float | None = None
     tuned_ms: float | None = None
     converged: bool = False  # stopped early: `patience` trials without a 1% gain
+    kept_untuned: bool = False  # TVM's unscheduled kernel beat every candidate: recorded as best
 
     @property
     def speedup(self) -> float | None:
@@ -241,9 +242,9 @@ def _runner(config: TuneConfig, tracker: TrackerConfig, devices: int):
     return ms.runner.RPCRunner(rpc_config, evaluator, max_workers=devices)
 
 
-def measure_untuned(tasks: list[Task], builder, runner) -> dict[str, float | None]:
-    """Latency of each task's kernel as TVM compiles it without a schedule, on the device:
-    one batch of builds and runs for all tasks."""
+def measure_untuned(tasks: list[Task], builder, runner) -> dict[str, list[float] | None]:
+    """Run times (seconds) of each task's kernel as TVM compiles it without a schedule, on the
+    device: one batch of builds and runs for all tasks."""
     from tvm.s_tir import meta_schedule as ms
 
     if not tasks:
@@ -259,19 +260,41 @@ def measure_untuned(tasks: list[Task], builder, runner) -> dict[str, float | Non
         inputs.append(ms.runner.RunnerInput(result.artifact_path, "cpu",
                                             ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
         owners.append(task.name)
-    latencies: dict[str, float | None] = {task.name: None for task in tasks}
+    latencies: dict[str, list[float] | None] = {task.name: None for task in tasks}
     try:
         for name, future in zip(owners, runner.run(inputs)):
             result = future.result()
             if result.error_msg or not result.run_secs:
                 log.warning("untuned run of %s failed: %s", name, result.error_msg)
                 continue
-            latencies[name] = statistics.fmean(float(s) for s in result.run_secs) * 1e3
+            latencies[name] = [float(s) for s in result.run_secs]
     finally:
         for result in built:
             if result.artifact_path:
                 ms.utils.remove_build_dir(result.artifact_path)
     return latencies
+
+
+def keep_untuned_if_faster(database, task: Task, run_secs: list[float]) -> bool:
+    """Record the kernel as TVM writes it without a schedule with its measured run time, when
+    it beat every tuned candidate: applying the database then picks it. Small
+    data-movement kernels (transposes, pooling) are often best left as they are, and the
+    search keeps its best candidate even when that is slower. True if recorded."""
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    target = task.extracted.target
+    best = best_ms(_records(database, task, target))
+    if best is not None and best <= statistics.fmean(run_secs) * 1e3:
+        return False
+    mod = task.extracted.dispatched[0]
+    schedule = s_tir.Schedule(mod)
+    # a trace that changes nothing: MetaSchedule's databases skip records with an empty trace
+    schedule.get_sblock("root")
+    database.commit_tuning_record(ms.database.TuningRecord(
+        schedule.trace, database.commit_workload(mod), run_secs, target,
+        ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
+    return True
 
 
 def _task_logger(db_dir: Path, task: Task) -> logging.Logger:
@@ -456,7 +479,9 @@ def _tune_tasks(tasks: list[Task], budget: dict[str, tuple[int, int]], config: T
         if stop.is_set():
             raise KeyboardInterrupt
         before, todo = budget[task.name]
-        result = TaskResult(task, before, untuned_ms=untuned[task.name])
+        untuned_secs = untuned[task.name]
+        result = TaskResult(task, before, untuned_ms=None if untuned_secs is None
+                            else statistics.fmean(untuned_secs) * 1e3)
         progress.task_started(task, todo)
         if todo > 0:
             report = _progress_callback(task, progress, best_ms(_records(database, task, target)),
@@ -477,8 +502,10 @@ def _tune_tasks(tasks: list[Task], budget: dict[str, tuple[int, int]], config: T
                 log.info("%s: no 1%% gain in %d trials, stopped early", task.name,
                          config.patience)
                 result.converged = True
+        if untuned_secs is not None and keep_untuned_if_faster(database, task, untuned_secs):
+            result.kept_untuned = True
         records = _records(database, task, target)
-        result.trials_run = len(records) - before
+        result.trials_run = len(records) - before - result.kept_untuned
         result.tuned_ms = best_ms(records)
         progress.task_finished(result)
         results.append(result)
