@@ -91,7 +91,7 @@ def main() -> None:
         table.add_row(row["conv"], f"{row['NCHW']['tuned_ms']:.4f}",
                       f"{row['NCHW']['gflops']:.1f}", f"{row['NHWC']['tuned_ms']:.4f}",
                       f"{row['NHWC']['gflops']:.1f}", f"{row['nchw_over_nhwc']:.2f}x")
-    Console().print(table)
+    Console(width=120).print(table)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 
