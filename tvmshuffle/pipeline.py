@@ -10,9 +10,10 @@ each channel shuffle fused into the convolution that consumes it (``passes/chann
 Why channels-last: a 1x1 convolution in NCHW vectorizes along the image width, which is 7-28
 pixels in ShuffleNet's later stages, so most vector lanes are masked or wasted; in NHWC it
 vectorizes along output channels (hundreds, contiguous in the HWIO weights). Tuned alone with 64
-trials, ShuffleNet 1x's stage-3 120 -> 480 group convolution reaches 166 GFLOP/s in NHWC
-against 87 in NCHW on an AVX-512 core (benchmarks/RESULTS.md). The network's input and output
-keep their NCHW shapes: ``ConvertLayout`` transposes at the edges. The build pipeline is TVM's
+trials on an AVX-512 core, ShuffleNet 1x's stage-3 120 -> 480 group convolution runs 1.53x
+faster in NHWC, its stem 2.39x, its depthwise 1.35x (``benchmarks/conv_layouts.py``,
+benchmarks/RESULTS.md). The network's input and output keep their NCHW shapes:
+``ConvertLayout`` transposes at the edges. The build pipeline is TVM's
 default for the target (legalize, FoldConstant, FuseOps, FuseTIR, lower to the VM);
 ``relax.build`` alone does not fuse on CPU.
 """
