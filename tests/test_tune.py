@@ -43,12 +43,14 @@ def test_embedded_tune_writes_records_resumes_and_compiles(tmp_path):
     ran = [t for t in first["tasks"] if t["trials_run"]]
     assert ran and all(t["kind"] == "depthwise" for t in first["tasks"])
     lines = record_lines(db)
-    assert len(lines) == sum(t["trials_run"] for t in first["tasks"]) >= 4
+    # a record per candidate measured, and one per unscheduled kernel kept for being faster
+    recorded = {t["name"]: t["trials_run"] + t["kept_untuned"] for t in ran}
+    assert len(lines) == sum(recorded.values()) and sum(t["trials_run"] for t in ran) >= 4
 
     again = tune_json("--ops", "depthwise", "--trials", "4", "--db", str(db))
     assert sum(t["trials_run"] for t in again["tasks"]) == 0, "everything was at budget"
     assert {t["name"]: t["trials_before"] for t in again["tasks"] if t["trials_before"]} == {
-        t["name"]: t["trials_run"] for t in ran}
+        name: n for name, n in recorded.items() if n}
     assert record_lines(db) == lines, "a resumed run rewrote nothing"
 
     out = tmp_path / "out"
@@ -134,7 +136,8 @@ def test_ctrl_c_keeps_records_and_stops_servers(tmp_path):
                if "tvm.exec.rpc_" in " ".join(child.cmdline())]
     assert len(servers) == 2, "the embedded tracker and device server"
     os.killpg(proc.pid, signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    # the batch being measured finishes first: under a loaded CI machine that can take minutes
+    _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130, stderr.decode()
     assert "Error: interrupted" in stderr.decode()
     tune.check_database(db)  # every line still parses
