@@ -275,16 +275,17 @@ def measure_untuned(tasks: list[Task], builder, runner) -> dict[str, list[float]
     return latencies
 
 
-def keep_untuned_if_faster(database, task: Task, run_secs: list[float]) -> bool:
+def keep_untuned_if_faster(database, task: Task, run_secs: list[float],
+                           best: float | None) -> bool:
     """Record the kernel as TVM writes it without a schedule with its measured run time, when
     it beat every tuned candidate: applying the database then picks it. Small
     data-movement kernels (transposes, pooling) are often best left as they are, and the
-    search keeps its best candidate even when that is slower. True if recorded."""
+    search keeps its best candidate even when that is slower. ``best``: the best time (ms)
+    in the database for the task. True if recorded."""
     from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
 
     target = task.extracted.target
-    best = best_ms(_records(database, task, target))
     if best is not None and best <= statistics.fmean(run_secs) * 1e3:
         return False
     mod = task.extracted.dispatched[0]
@@ -502,11 +503,13 @@ def _tune_tasks(tasks: list[Task], budget: dict[str, tuple[int, int]], config: T
                 log.info("%s: no 1%% gain in %d trials, stopped early", task.name,
                          config.patience)
                 result.converged = True
-        if untuned_secs is not None and keep_untuned_if_faster(database, task, untuned_secs):
-            result.kept_untuned = True
-        records = _records(database, task, target)
-        result.trials_run = len(records) - before - result.kept_untuned
+        records = _records(database, task, target)  # one scan of the database per task
+        result.trials_run = len(records) - before
         result.tuned_ms = best_ms(records)
+        if untuned_secs is not None and keep_untuned_if_faster(database, task, untuned_secs,
+                                                               result.tuned_ms):
+            result.kept_untuned = True
+            result.tuned_ms = result.untuned_ms  # the best record is now the unscheduled one
         progress.task_finished(result)
         results.append(result)
     return results
