@@ -2,7 +2,9 @@
 
 Same input, same thread count, numerics checked for every engine; prints latencies and each
 engine's ratio to ONNX Runtime (machines are noisy: compare ratios from one run, not absolute
-numbers across runs).
+numbers across runs). The engines are timed interleaved, from Python, in rounds of a warm-up
+call and 5 timed calls each (``--repeat`` timed calls in all), so that load from other tenants
+of a shared machine falls on all of them alike.
 
     python benchmarks/host_vs_peers.py [--models a,b] [--size 224x224] [--threads 1] [--repeat 30]
         [--db schedules/host-znver5]   # compile with a tuning database (default: untuned)
@@ -37,7 +39,7 @@ def measure(name: str, size: tuple[int, int], threads: int, repeat: int, work: P
     manifest = export.build_artifact(imported, config, work / name)
     build_s = time.perf_counter() - start
     artifact = bench.load_artifact(work / name)
-    tvm_run = bench.run_local(artifact, threads=threads, repeat=repeat)
+    tvm_run = bench.run_local(artifact, threads=threads, repeat=3)  # numerics checked here
 
     x = artifact.input
     module = models.build(name)
@@ -48,16 +50,15 @@ def measure(name: str, size: tuple[int, int], threads: int, repeat: int, work: P
         "torch": bench.max_abs_error([torch_fn().numpy()], artifact.expected),
         "onnxruntime": bench.max_abs_error([np.asarray(ort_fn()[0])], artifact.expected),
     }
+    latency = bench.time_interleaved({"tvmshuffle": bench.vm_runner(artifact, threads),
+                                      "onnxruntime": ort_fn, "torch": torch_fn},
+                                     rounds=max(1, repeat // 5), calls=5)
     return {
         "model": name, "mflops": manifest["flops"]["mflops"], "build_s": round(build_s, 1),
         "tuned_kernels": len(manifest["tuning"]["tuned_kernels"]),
         "kernels": len(manifest["kernels"]),
         "max_abs_err": {"tvmshuffle": tvm_run.max_abs_err, **errors},
-        "latency_ms": {
-            "tvmshuffle": tvm_run.latency.as_json(),
-            "onnxruntime": bench.time_callable(ort_fn, repeat).as_json(),
-            "torch": bench.time_callable(torch_fn, repeat).as_json(),
-        },
+        "latency_ms": {engine: lat.as_json() for engine, lat in latency.items()},
     }
 
 

@@ -132,6 +132,35 @@ def run_local(artifact: Artifact, threads: int = 1, repeat: int = 30, number: in
     return RunResult(err, Latency.from_seconds(list(timer(x).results)), threads)
 
 
+def vm_runner(artifact: Artifact, threads: int = 1) -> Callable[[], object]:
+    """One inference of a host artifact per call, from Python like the peers' runners."""
+    set_threads(threads)
+    dev = tvm.cpu()
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(artifact.library)), dev)
+    main, x = vm["main"], tvm.runtime.tensor(artifact.input, dev)
+    return lambda: main(x)
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int = 10,
+                     calls: int = 5) -> dict[str, Latency]:
+    """Latency of each callable, timed in rounds: per round each callable in turn (the order
+    rotating) makes one untimed call, which brings its weights back into the caches the others
+    evicted, then ``calls`` timed ones. A burst of load on a shared machine then slows every
+    engine alike instead of whichever happened to be timed at that moment."""
+    names = list(fns)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(rounds):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = fns[name]
+            fn()
+            for _ in range(calls):
+                start = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - start)
+    return {name: Latency.from_seconds(s) for name, s in samples.items()}
+
+
 def time_callable(fn: Callable[[], object], repeat: int = 30, number: int = 1,
                   warmup: int = 3) -> Latency:
     """Median/p90/min of ``fn`` per call, for the peers (PyTorch, ONNX Runtime)."""
