@@ -85,7 +85,8 @@ def main() -> None:
     table = Table(title=f"ONNX Runtime on {args.model} {args.size}, 1 thread, median of "
                         f"{args.runs} profiled runs")
     for column in ("op", "shapes (input weight -> output)", "calls", "ms", "us a call"):
-        table.add_column(column, justify="left" if column in ("op", "shapes") else "right")
+        numeric = column in ("calls", "ms", "us a call")
+        table.add_column(column, justify="right" if numeric else "left")
     for (op, shapes), times in sorted(layers.items(), key=lambda kv: -sum(kv[1]))[:args.top]:
         table.add_row(op, shapes, str(len(times)), f"{sum(times) / 1e3:.3f}",
                       f"{sum(times) / len(times):.1f}")
