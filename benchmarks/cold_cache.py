@@ -18,7 +18,6 @@ ranking by cold time buys the whole network.
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +65,8 @@ def main() -> None:
     database = tune.open_database(args.db)
     picks = None
     if args.out_db:
-        shutil.rmtree(args.out_db, ignore_errors=True)
+        if args.out_db.exists() and any(args.out_db.iterdir()):
+            parser.error(f"--out-db {args.out_db} is not empty: give a new directory")
         picks = tune.open_database(args.out_db)
 
     table = Table(title=f"{args.model}: best {args.top} records per task, hot / cold us")

@@ -108,8 +108,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, remote.embedded_device(1) as tracker:
         for name in names:
             cin, cout, groups, kernel, stride, size = CONVS[name]
-            forms = {"NCHW": (conv_module(*CONVS[name]), "NCHW"),
-                     "NHWC": (conv_module(*CONVS[name]), "NHWC")}
+            mod = conv_module(*CONVS[name])
+            forms = {"NCHW": (mod, "NCHW"), "NHWC": (mod, "NHWC")}
             if args.group_axis and kernel == 1 and 1 < groups < cin:
                 forms["NHWGC"] = (group_axis_module(cin, cout, groups, size), "NHWC")
             row = {"conv": name, "shape": CONVS[name]}

@@ -109,6 +109,14 @@ def flatten_outputs(value) -> list[np.ndarray]:
     return [value.numpy()]
 
 
+def _host_vm(artifact: Artifact, threads: int) -> tuple[relax.VirtualMachine, tvm.runtime.Tensor]:
+    """The artifact's library in a VM on this CPU's ``threads``, and its input on the CPU."""
+    set_threads(threads)
+    dev = tvm.cpu()
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(artifact.library)), dev)
+    return vm, tvm.runtime.tensor(artifact.input, dev)
+
+
 def run_local(artifact: Artifact, threads: int = 1, repeat: int = 30, number: int = 1,
               tolerance: float = DEFAULT_TOLERANCE) -> RunResult:
     """Run the artifact in this process: check it against the reference, then time it.
@@ -118,15 +126,12 @@ def run_local(artifact: Artifact, threads: int = 1, repeat: int = 30, number: in
     if not artifact.target.runs_on_host:
         raise BadInputError(f"{artifact.path} was built for {artifact.target.triple}, which "
                             "cannot run on this machine: use `tvmshuffle deploy` with a device")
-    set_threads(threads)
-    dev = tvm.cpu()
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(artifact.library)), dev)
-    x = tvm.runtime.tensor(artifact.input, dev)
+    vm, x = _host_vm(artifact, threads)
     err = max_abs_error(flatten_outputs(vm["main"](x)), artifact.expected)
     if not err <= tolerance:
         raise NumericsError(f"max abs error {err:.3g} exceeds tolerance {tolerance:g}: "
                             "the compiled module disagrees with the reference")
-    timer = vm.time_evaluator("main", dev, number=number, repeat=repeat)
+    timer = vm.time_evaluator("main", tvm.cpu(), number=number, repeat=repeat)
     # one untimed call first: page in weights, warm caches
     timer(x)
     return RunResult(err, Latency.from_seconds(list(timer(x).results)), threads)
@@ -134,10 +139,8 @@ def run_local(artifact: Artifact, threads: int = 1, repeat: int = 30, number: in
 
 def vm_runner(artifact: Artifact, threads: int = 1) -> Callable[[], object]:
     """One inference of a host artifact per call, from Python like the peers' runners."""
-    set_threads(threads)
-    dev = tvm.cpu()
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(artifact.library)), dev)
-    main, x = vm["main"], tvm.runtime.tensor(artifact.input, dev)
+    vm, x = _host_vm(artifact, threads)
+    main = vm["main"]
     return lambda: main(x)
 
 
@@ -207,10 +210,7 @@ def profile_kernels(artifact: Artifact, threads: int = 1, runs: int = 10) -> lis
     """Time every kernel call of the artifact's VM (``vm.set_instrument``; the Relax VM has no
     profiler): per-inference milliseconds of each kernel, median over ``runs`` inferences,
     heaviest first."""
-    set_threads(threads)
-    dev = tvm.cpu()
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(artifact.library)), dev)
-    x = tvm.runtime.tensor(artifact.input, dev)
+    vm, x = _host_vm(artifact, threads)
     calls: dict[str, int] = {}
     this_run: dict[str, float] = {}
     started: list[float] = []
