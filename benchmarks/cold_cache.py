@@ -40,8 +40,10 @@ def time_both(mod: tvm.IRModule, record, tgt: tvm.target.Target) -> tuple[float,
     lib = tune.build_candidate(sch.mod, tgt, None)
     dev = tvm.cpu()
     rng = np.random.default_rng(0)
+    # as the kernel is built: a prepacked schedule reads its weights in its own layout
+    infos = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
     args = [tvm.runtime.tensor(rng.random([int(d) for d in a.shape]).astype(str(a.dtype)), dev)
-            for a in ms.arg_info.ArgInfo.from_prim_func(mod["main"])]
+            for a in infos]
     hot = lib.time_evaluator(lib.entry_name, dev, number=10, repeat=5)(*args).mean
     cold = lib.time_evaluator(lib.entry_name, dev, number=1, repeat=50,
                               f_preproc="cache_flush_cpu_non_first_arg")(*args).mean
@@ -61,13 +63,16 @@ def main() -> None:
     tc = target.resolve("host", threads=1)
     imported = frontends.load(frontends.ModelSpec(args.model,
                                                   frontends.parse_input_size(args.size)))
-    tasks = tune.extract_tasks(imported.mod, tune.TuneConfig(tc, args.db))
+    method = tune.database_method(args.db) or tune.LEGACY_METHOD
+    tasks = tune.extract_tasks(imported.mod, tune.TuneConfig(tc, args.db,
+                                                             prepack=method.prepack))
     database = tune.open_database(args.db)
     picks = None
     if args.out_db:
         if args.out_db.exists() and any(args.out_db.iterdir()):
             parser.error(f"--out-db {args.out_db} is not empty: give a new directory")
         picks = tune.open_database(args.out_db)
+        tune.write_method(args.out_db, method)  # compiled as the records were tuned
 
     table = Table(title=f"{args.model}: best {args.top} records per task, hot / cold us")
     table.add_column("kernel")

@@ -42,6 +42,8 @@ def test_embedded_tune_writes_records_resumes_and_compiles(tmp_path):
     first = tune_json("--ops", "depthwise", "--trials", "4", "--db", str(db))
     ran = [t for t in first["tasks"] if t["trials_run"]]
     assert ran and all(t["kind"] == "depthwise" for t in first["tasks"])
+    assert first["method"] == tune.DEFAULT_METHOD.as_json()
+    assert json.loads((db / tune.METHOD_FILE).read_text()) == first["method"]
     lines = record_lines(db)
     # a record per candidate measured, and one per unscheduled kernel kept for being faster
     recorded = {t["name"]: t["trials_run"] + t["kept_untuned"] for t in ran}
@@ -56,8 +58,11 @@ def test_embedded_tune_writes_records_resumes_and_compiles(tmp_path):
     out = tmp_path / "out"
     result = invoke("compile", *MODEL, "--db", str(db), "-o", str(out), "--json")
     assert result.exit_code == 0, result.output
-    tuned = json.loads(result.stdout)["tuning"]["tuned_kernels"]
-    assert {t["name"] for t in ran} <= set(tuned)
+    tuning = json.loads(result.stdout)["tuning"]
+    assert tuning["method"] == first["method"]
+    # a kernel that reads weights repacked at build time is named <task>_prepacked
+    assert {t["name"] for t in ran} <= {k.removesuffix("_prepacked")
+                                        for k in tuning["tuned_kernels"]}
     run = json.loads(invoke("run", str(out), "--json", "--repeat", "3").stdout)
     assert run["max_abs_err"] < 1e-4
 
@@ -110,6 +115,26 @@ def test_corrupt_database_line_is_named_and_kept(tmp_path):
     result = invoke("tune", *MODEL, "--db", str(db), "--trials", "1")
     assert_one_line_error(result, f"{tune.RECORD_FILE}:1: corrupt tuning record")
     assert (db / tune.RECORD_FILE).read_bytes() == before
+
+
+def test_a_database_holds_one_method(tmp_path):
+    """Records timed warm and records timed with flushed caches do not compare, prepacked
+    kernels are other workloads: tuning a database with another method than its records' is
+    refused before any work, the database left as it was."""
+    legacy = tmp_path / "legacy"  # records from before the method file: warm, unpacked
+    legacy.mkdir()
+    (legacy / tune.RECORD_FILE).write_text("[0]\n")
+    assert tune.database_method(legacy) == tune.LEGACY_METHOD
+    assert tune.settle_method(legacy) == tune.LEGACY_METHOD
+    assert tune.settle_method(tmp_path / "new") == tune.DEFAULT_METHOD
+    assert tune.settle_method(tmp_path / "new", prepack=False) == tune.Method(
+        False, tune.DEFAULT_METHOD.flush_caches)
+    result = invoke("tune", *MODEL, "--db", str(legacy), "--flush-caches")
+    assert_one_line_error(result, "warm caches, not unpacked weights, flushed caches")
+    assert not (legacy / tune.METHOD_FILE).exists()
+    (legacy / tune.METHOD_FILE).write_text("{")
+    assert_one_line_error(invoke("tune", *MODEL, "--db", str(legacy)),
+                          f"{tune.METHOD_FILE}: unreadable")
 
 
 def test_target_tvm_rejects(tmp_path):

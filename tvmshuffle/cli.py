@@ -258,6 +258,14 @@ def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dum
 @click.option("--patience", default=64, show_default=True, type=click.IntRange(min=0),
               help="Stop a task early after this many trials in a row without a 1% gain "
                    "(0: spend every task's whole budget).")
+@click.option("--prepack/--no-prepack", default=None,
+              help="Let schedules ask for the weights in a layout of their own, repacked once "
+                   "when the library is built (default: the database's method; on for a new "
+                   "database). A database holds one method; compile follows it.")
+@click.option("--flush-caches/--warm-caches", default=None,
+              help="Time candidates with their weights and output flushed from the CPU caches, "
+                   "as they are inside the network, or warm, as run in a loop (default: the "
+                   "database's method; flushed for a new database).")
 @input_size_option
 @click.option("--no-fuse-shuffle", is_flag=True, help="Tune without the channel shuffle pass.")
 @layout_option
@@ -265,8 +273,8 @@ def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dum
 @android_api_option
 @json_option
 def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_task, ops, db,
-         timeout, patience, input_size, no_fuse_shuffle, layout, threads, android_api,
-         as_json) -> None:
+         timeout, patience, prepack, flush_caches, input_size, no_fuse_shuffle, layout, threads,
+         android_api, as_json) -> None:
     """Auto-tune MODEL's kernels with MetaSchedule (XGBoost cost model) on devices from a TVM RPC
     tracker, appending records to a database that `tvmshuffle compile --db` applies."""
     import time as _time
@@ -282,10 +290,12 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
     if unknown or not kinds:
         raise BadInputError(f"bad --ops '{ops}': choose from "
                             f"{', '.join(tuning.OPS_CHOICES)} or all")
-    config = tuning.TuneConfig(config_target, db or tuning.default_db_dir(config_target, device),
-                               trials, trials_per_task, kinds, float(timeout),
+    db = db or tuning.default_db_dir(config_target, device)
+    method = tuning.settle_method(db, prepack, flush_caches)
+    config = tuning.TuneConfig(config_target, db, trials, trials_per_task, kinds, float(timeout),
                                not no_fuse_shuffle, layout.upper(), android_api=android_api,
-                               patience=patience or None)
+                               patience=patience or None, prepack=method.prepack,
+                               flush_caches=method.flush_caches)
     with report.step(f"importing {model}", quiet=as_json):
         imported = frontends.load(frontends.ModelSpec(model, input_size))
     start = _time.perf_counter()

@@ -52,18 +52,20 @@ class Compiled:
     executable: tvm.runtime.Executable
     final_mod: tvm.IRModule
     kernels: tuple[str, ...]
+    method: tune.Method | None = None  # how the applied database's records were made
 
 
 def compile_module(mod: tvm.IRModule, config: CompileConfig) -> Compiled:
     """Lower ``mod`` (already through the graph passes) with TVM's pipeline and build it."""
     target = config.target.tvm_target
     database = tune.apply_database(config.db) if config.db is not None else None
+    method = tune.database_method(config.db) if config.db is not None else None
     try:
-        final = pipeline.lower(mod, target, database)
+        final = pipeline.lower(mod, target, database, prepack=bool(method and method.prepack))
         executable = tvm.compile(final, target=target, relax_pipeline=None)
     except Exception as err:  # TVM raises InternalError, TVMError, ValueError...
         raise BuildError(f"TVM failed to build for {target}: {first_line(err)}") from err
-    return Compiled(executable, final, tuple(pipeline.kernel_names(final)))
+    return Compiled(executable, final, tuple(pipeline.kernel_names(final)), method)
 
 
 def prepare_out_dir(out_dir: Path) -> Path:
@@ -118,6 +120,7 @@ def write_artifact(out_dir: Path, compiled: Compiled, model: frontends.ImportedM
         "fuse_shuffle": config.fuse_shuffle,
         "layout": config.layout,
         "tuning": {"db": str(config.db) if config.db else None,
+                   "method": compiled.method.as_json() if compiled.method else None,
                    "tuned_kernels": pipeline.tuned_kernels(compiled.final_mod)},
         "data_movement_kernels": pipeline.data_movement_kernels(compiled.final_mod),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -56,19 +56,39 @@ def optimize(mod: tvm.IRModule, fuse_shuffle: bool = True,
     return graph_passes(fuse_shuffle, layout)(mod)
 
 
-def lower(mod: tvm.IRModule, target: tvm.target.Target, database=None) -> tvm.IRModule:
+def fuse(mod: tvm.IRModule, target: tvm.target.Target, prepack: bool = False) -> tvm.IRModule:
+    """The zero pipeline without a database (legalize, fold, fuse): the fused TIR kernels that
+    tuning extracts as tasks and that a database's records apply to. With ``prepack`` each
+    kernel is told which of its buffers are weights (TVM's ``AttachAttrLayoutFreeBuffers``), so
+    that a schedule may ask for them in a layout of its own: repacked once at build time."""
+    with target:
+        mod = relax.pipeline.zero_pipeline()(mod)
+        if prepack:
+            mod = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
+    return mod
+
+
+def lower(mod: tvm.IRModule, target: tvm.target.Target, database=None,
+          prepack: bool = False) -> tvm.IRModule:
     """TVM's default build pipeline for ``target``: fused TIR kernels and VM code. With a
     MetaSchedule ``database``, kernels found in it get their tuned schedules (the "zero"
-    pipeline: legalize, fuse, apply database), the others stay as TVM writes them."""
+    pipeline: legalize, fuse, apply database), the others stay as TVM writes them. With
+    ``prepack`` (records tuned with it), the weight layouts the schedules ask for are split out
+    of the kernels and computed at build time (``SplitLayoutRewritePreproc``, ``FoldConstant``):
+    the library holds the weights already repacked."""
     if database is None:
         with target:
             return relax.get_default_pipeline(target)(mod)
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
-    with target, database:
-        mod = relax.pipeline.zero_pipeline()(mod)
-        rest = cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)
-        return tvm.transform.Sequential(rest)(mod)
+    mod = fuse(mod, target, prepack)
+    with target, database:  # the passes look both up when constructed
+        passes = [relax.transform.MetaScheduleApplyDatabase()]
+        if prepack:
+            passes += [relax.transform.SplitLayoutRewritePreproc(),
+                       relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()]
+        passes += cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)
+        return tvm.transform.Sequential(passes)(mod)
 
 
 def kernel_names(mod: tvm.IRModule) -> list[str]:

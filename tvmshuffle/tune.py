@@ -9,7 +9,9 @@ RPCRunner with one worker per device under the key.
 
 The database is MetaSchedule's JSON database: two files of one JSON record a line, appended to
 as records arrive, never rewritten. Re-running the same tuning resumes: a task's records already
-in the database count against its budget, and the search starts from them.
+in the database count against its budget, and the search starts from them. A third file,
+METHOD_FILE, says how its records were made (weights prepacked or not, caches flushed or warm
+while timing): records of different methods do not compare, so a database holds one.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from pathlib import Path
 from typing import Callable
 
 import tvm
-from tvm import relax
 
 from . import pipeline, toolchain
 from .errors import DatabaseError
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
+METHOD_FILE = "tvmshuffle_method.json"
 OPS_CHOICES = ("grouped", "depthwise", "conv", "dense", "other")
 DEFAULT_OPS = ("grouped", "depthwise")
 GAIN = 0.01  # an improvement smaller than 1% does not count as progress for early stopping
@@ -58,6 +60,11 @@ class TuneConfig:
     # A task stops early once this many trials in a row brought no gain of GAIN or more over
     # its best (None: every task spends its whole budget).
     patience: int | None = 64
+    # How candidates are made and timed: a database holds records of one method (Method,
+    # settle_method; the CLI's default for a new database is DEFAULT_METHOD). Here the plain
+    # MetaSchedule way, so that a programmatic caller asks for the other one explicitly.
+    prepack: bool = False  # weights repacked at build time into the layout a schedule asks for
+    flush_caches: bool = False  # candidates timed with all but their input flushed from caches
 
 
 @dataclass(frozen=True)
@@ -133,7 +140,7 @@ def extract_tasks(mod: tvm.IRModule, config: TuneConfig) -> list[Task]:
     target = config.target.tvm_target
     with target:
         optimized = pipeline.optimize(mod, config.fuse_shuffle, config.layout)
-        lowered = relax.pipeline.zero_pipeline()(optimized)
+    lowered = pipeline.fuse(optimized, target, config.prepack)
     tasks = []
     for extracted in ms.relax_integration.extract_tasks(lowered, target):
         kind, macs = _classify(extracted.dispatched[0]["main"], config.layout)
@@ -182,6 +189,67 @@ def open_database(db_dir: Path):
     check_database(db_dir)
     return ms.database.JSONDatabase(path_workload=str(db_dir / WORKLOAD_FILE),
                                     path_tuning_record=str(db_dir / RECORD_FILE))
+
+
+@dataclass(frozen=True)
+class Method:
+    """How a database's records were made. Records compare only with records made the same
+    way: a kernel timed with its weights flushed from the caches is slower than the same kernel
+    timed warm, and prepacked kernels are other workloads. So a database holds one method,
+    written to METHOD_FILE by its first tuning and checked by every later one; ``compile``
+    reads it to know whether to repack the weights."""
+
+    prepack: bool
+    flush_caches: bool
+
+    def as_json(self) -> dict:
+        return {"prepack": self.prepack, "flush_caches": self.flush_caches}
+
+
+DEFAULT_METHOD = Method(prepack=True, flush_caches=True)
+LEGACY_METHOD = Method(prepack=False, flush_caches=False)  # records made before METHOD_FILE
+
+
+def database_method(db_dir: Path) -> Method | None:
+    """The method of the database in ``db_dir``; None for a new (empty) one."""
+    path = db_dir / METHOD_FILE
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+            return Method(bool(data["prepack"]), bool(data["flush_caches"]))
+        except (ValueError, KeyError, TypeError) as err:
+            raise DatabaseError(f"{path}: unreadable ({err.__class__.__name__}); it says how "
+                                "the records were made: restore it") from err
+    if (db_dir / RECORD_FILE).exists() and (db_dir / RECORD_FILE).stat().st_size > 0:
+        return LEGACY_METHOD
+    return None
+
+
+def settle_method(db_dir: Path, prepack: bool | None = None,
+                  flush_caches: bool | None = None) -> Method:
+    """The method to tune ``db_dir`` with: the database's own, or DEFAULT_METHOD for a new
+    one, with what the user asked (None: not asked). DatabaseError if that differs from the
+    method of the records already there."""
+    existing = database_method(db_dir)
+    base = existing or DEFAULT_METHOD
+    method = Method(base.prepack if prepack is None else prepack,
+                    base.flush_caches if flush_caches is None else flush_caches)
+    if existing is not None and method != existing:
+        def describe(m: Method) -> str:
+            return (f"{'prepacked' if m.prepack else 'unpacked'} weights, "
+                    f"{'flushed' if m.flush_caches else 'warm'} caches")
+        raise DatabaseError(f"{db_dir} holds records tuned with {describe(existing)}, not "
+                            f"{describe(method)}: they do not compare; tune into another --db")
+    return method
+
+
+def write_method(db_dir: Path, method: Method) -> None:
+    """Record ``method`` as the database's, unless it has one (never rewritten)."""
+    path = db_dir / METHOD_FILE
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(method.as_json()) + "\n")
+        os.replace(tmp, path)
 
 
 def _records(database, task: Task, target: tvm.target.Target) -> list:
@@ -237,8 +305,12 @@ def _runner(config: TuneConfig, tracker: TrackerConfig, devices: int):
                                      tracker_key=tracker.key,
                                      session_timeout_sec=int(max(config.timeout,
                                                                  tracker.session_timeout)))
-    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=3, min_repeat_ms=20,
-                                          enable_cpu_cache_flush=False)
+    if config.flush_caches:  # one call a timing: a second would find the caches warm
+        evaluator = ms.runner.EvaluatorConfig(number=1, repeat=20, min_repeat_ms=0,
+                                              enable_cpu_cache_flush=True)
+    else:
+        evaluator = ms.runner.EvaluatorConfig(number=3, repeat=3, min_repeat_ms=20,
+                                              enable_cpu_cache_flush=False)
     return ms.runner.RPCRunner(rpc_config, evaluator, max_workers=devices)
 
 
@@ -427,7 +499,9 @@ def tune(mod: tvm.IRModule, config: TuneConfig, tracker: TrackerConfig, devices:
     import xgboost  # noqa: F401 - imported here, not inside a callback that Ctrl-C may hit
 
     progress = progress or Progress()
+    settle_method(config.db_dir, config.prepack, config.flush_caches)  # raises on a mix
     database = open_database(config.db_dir)
+    write_method(config.db_dir, Method(config.prepack, config.flush_caches))
     tasks = select(extract_tasks(mod, config), config.ops)
     budget = plan(tasks, config, database)
     progress.start(tasks, {name: todo for name, (_, todo) in budget.items()})
