@@ -37,12 +37,15 @@ def record_lines(db) -> list[bytes]:
 
 
 def test_embedded_tune_writes_records_resumes_and_compiles(tmp_path):
-    """With no tracker: records are appended, a re-run resumes, compile --db is correct."""
+    """With no tracker: records are appended, a re-run resumes, compile --db is correct; here
+    with prepacked weights and flushed caches, which the re-run and compile take from the
+    database."""
     db = tmp_path / "db"
-    first = tune_json("--ops", "depthwise", "--trials", "4", "--db", str(db))
+    first = tune_json("--ops", "depthwise", "--trials", "4", "--db", str(db), "--prepack",
+                      "--flush-caches")
     ran = [t for t in first["tasks"] if t["trials_run"]]
     assert ran and all(t["kind"] == "depthwise" for t in first["tasks"])
-    assert first["method"] == tune.DEFAULT_METHOD.as_json()
+    assert first["method"] == {"prepack": True, "flush_caches": True}
     assert json.loads((db / tune.METHOD_FILE).read_text()) == first["method"]
     lines = record_lines(db)
     # a record per candidate measured, and one per unscheduled kernel kept for being faster
@@ -127,8 +130,8 @@ def test_a_database_holds_one_method(tmp_path):
     assert tune.database_method(legacy) == tune.LEGACY_METHOD
     assert tune.settle_method(legacy) == tune.LEGACY_METHOD
     assert tune.settle_method(tmp_path / "new") == tune.DEFAULT_METHOD
-    assert tune.settle_method(tmp_path / "new", prepack=False) == tune.Method(
-        False, tune.DEFAULT_METHOD.flush_caches)
+    assert tune.settle_method(tmp_path / "new", prepack=True) == tune.Method(
+        True, tune.DEFAULT_METHOD.flush_caches)
     result = invoke("tune", *MODEL, "--db", str(legacy), "--flush-caches")
     assert_one_line_error(result, "warm caches, not unpacked weights, flushed caches")
     assert not (legacy / tune.METHOD_FILE).exists()

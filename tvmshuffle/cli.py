@@ -260,12 +260,12 @@ def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dum
                    "(0: spend every task's whole budget).")
 @click.option("--prepack/--no-prepack", default=None,
               help="Let schedules ask for the weights in a layout of their own, repacked once "
-                   "when the library is built (default: the database's method; on for a new "
+                   "when the library is built (default: the database's method; off for a new "
                    "database). A database holds one method; compile follows it.")
 @click.option("--flush-caches/--warm-caches", default=None,
               help="Time candidates with their weights and output flushed from the CPU caches, "
                    "as they are inside the network, or warm, as run in a loop (default: the "
-                   "database's method; flushed for a new database).")
+                   "database's method; warm for a new database).")
 @input_size_option
 @click.option("--no-fuse-shuffle", is_flag=True, help="Tune without the channel shuffle pass.")
 @layout_option

@@ -61,8 +61,7 @@ class TuneConfig:
     # its best (None: every task spends its whole budget).
     patience: int | None = 64
     # How candidates are made and timed: a database holds records of one method (Method,
-    # settle_method; the CLI's default for a new database is DEFAULT_METHOD). Here the plain
-    # MetaSchedule way, so that a programmatic caller asks for the other one explicitly.
+    # settle_method); the defaults are DEFAULT_METHOD's.
     prepack: bool = False  # weights repacked at build time into the layout a schedule asks for
     flush_caches: bool = False  # candidates timed with all but their input flushed from caches
 
@@ -206,8 +205,10 @@ class Method:
         return {"prepack": self.prepack, "flush_caches": self.flush_caches}
 
 
-DEFAULT_METHOD = Method(prepack=True, flush_caches=True)
-LEGACY_METHOD = Method(prepack=False, flush_caches=False)  # records made before METHOD_FILE
+# MetaSchedule's own way. Prepacking with flushed caches measured level with it per minute of
+# tuning on this host (benchmarks/RESULTS.md), no better: an option, not the default.
+DEFAULT_METHOD = Method(prepack=False, flush_caches=False)
+LEGACY_METHOD = DEFAULT_METHOD  # records made before METHOD_FILE
 
 
 def database_method(db_dir: Path) -> Method | None:
@@ -262,10 +263,18 @@ def _records(database, task: Task, target: tvm.target.Target) -> list:
             if r.workload.same_as(workload) and str(r.target) == target_str]
 
 
+def mean_ms(run_secs) -> float | None:
+    """Mean of one measurement's run times, in ms; None for none or a failed run (MetaSchedule
+    records a failure as 1e10 s)."""
+    secs = [float(s) for s in (run_secs or [])]
+    if not secs or any(s >= 1e9 for s in secs):
+        return None
+    return statistics.fmean(secs) * 1e3
+
+
 def best_ms(records: list) -> float | None:
-    times = [statistics.fmean(float(s) for s in r.run_secs) for r in records
-             if r.run_secs and all(float(s) < 1e9 for s in r.run_secs)]
-    return min(times) * 1e3 if times else None
+    times = [t for t in (mean_ms(r.run_secs) for r in records) if t is not None]
+    return min(times) if times else None
 
 
 # ------------------------------------------------------------------------------------ measuring
@@ -358,7 +367,8 @@ def keep_untuned_if_faster(database, task: Task, run_secs: list[float],
     from tvm.s_tir import meta_schedule as ms
 
     target = task.extracted.target
-    if best is not None and best <= statistics.fmean(run_secs) * 1e3:
+    untuned = mean_ms(run_secs)
+    if untuned is None or (best is not None and best <= untuned):
         return False
     mod = task.extracted.dispatched[0]
     schedule = s_tir.Schedule(mod)
@@ -425,9 +435,8 @@ def _progress_callback(task: Task, progress: Progress, start_best: float | None,
             for result in runner_results:
                 self.done += 1
                 self.stale += 1
-                secs = [float(s) for s in (result.run_secs or [])]
-                if not result.error_msg and secs and all(s < 1e9 for s in secs):
-                    ms_value = statistics.fmean(secs) * 1e3
+                ms_value = None if result.error_msg else mean_ms(result.run_secs)
+                if ms_value is not None:
                     if self.best is None or ms_value < self.best * (1 - GAIN):
                         self.stale = 0
                     self.best = ms_value if self.best is None else min(self.best, ms_value)
@@ -555,8 +564,7 @@ def _tune_tasks(tasks: list[Task], budget: dict[str, tuple[int, int]], config: T
             raise KeyboardInterrupt
         before, todo = budget[task.name]
         untuned_secs = untuned[task.name]
-        result = TaskResult(task, before, untuned_ms=None if untuned_secs is None
-                            else statistics.fmean(untuned_secs) * 1e3)
+        result = TaskResult(task, before, untuned_ms=mean_ms(untuned_secs))
         progress.task_started(task, todo)
         if todo > 0:
             report = _progress_callback(task, progress, best_ms(_records(database, task, target)),
