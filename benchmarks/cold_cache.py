@@ -64,8 +64,7 @@ def main() -> None:
     imported = frontends.load(frontends.ModelSpec(args.model,
                                                   frontends.parse_input_size(args.size)))
     method = tune.database_method(args.db) or tune.LEGACY_METHOD
-    tasks = tune.extract_tasks(imported.mod, tune.TuneConfig(tc, args.db,
-                                                             prepack=method.prepack))
+    tasks = tune.extract_tasks(imported.mod, tune.TuneConfig(tc, args.db, method=method))
     database = tune.open_database(args.db)
     picks = None
     if args.out_db:

@@ -291,11 +291,10 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
         raise BadInputError(f"bad --ops '{ops}': choose from "
                             f"{', '.join(tuning.OPS_CHOICES)} or all")
     db = db or tuning.default_db_dir(config_target, device)
-    method = tuning.settle_method(db, prepack, flush_caches)
     config = tuning.TuneConfig(config_target, db, trials, trials_per_task, kinds, float(timeout),
                                not no_fuse_shuffle, layout.upper(), android_api=android_api,
-                               patience=patience or None, prepack=method.prepack,
-                               flush_caches=method.flush_caches)
+                               patience=patience or None,
+                               method=tuning.settle_method(db, prepack, flush_caches))
     with report.step(f"importing {model}", quiet=as_json):
         imported = frontends.load(frontends.ModelSpec(model, input_size))
     start = _time.perf_counter()

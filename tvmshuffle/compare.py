@@ -98,12 +98,11 @@ def measure_cell(name: str, size: tuple[int, int], config: CompareConfig, work: 
     out = work / f"{name}-{size[0]}x{size[1]}"
     try:
         if config.tune_trials and config.db is not None:
-            method = tune.settle_method(config.db)
             tune.tune(imported.mod, tune.TuneConfig(
                 config.target, config.db, config.tune_trials, ops=("all",),
                 timeout=float(config.tracker.session_timeout),
-                android_api=config.android_api, prepack=method.prepack,
-                flush_caches=method.flush_caches), config.tracker, config.devices)
+                android_api=config.android_api, method=tune.settle_method(config.db)),
+                config.tracker, config.devices)
         manifest = export.build_artifact(
             imported, export.CompileConfig(config.target, db=config.db,
                                            android_api=config.android_api), out)

@@ -211,7 +211,7 @@ def tune_json(results, config, tracker_address: str, key: str, wall_s: float) ->
     return {
         "target": config.target.as_json(),
         "db": str(config.db_dir),
-        "method": {"prepack": config.prepack, "flush_caches": config.flush_caches},
+        "method": config.method.as_json(),
         "tracker": tracker_address,
         "key": key,
         "wall_time_s": round(wall_s, 1),
@@ -225,9 +225,9 @@ def tune_json(results, config, tracker_address: str, key: str, wall_s: float) ->
 
 
 def tune_table(data: dict) -> None:
-    method = data["method"]
-    how = (f"{'prepacked' if method['prepack'] else 'unpacked'} weights, "
-           f"{'flushed' if method['flush_caches'] else 'warm'} caches")
+    from .tune import Method  # tvm: imported when a table is printed, not at start-up
+
+    how = Method(**data["method"]).describe()
     table = Table(title=f"tuned into {data['db']} ({how}; {data['wall_time_s']:.0f} s, "
                         f"device key '{data['key']}' at {data['tracker']})")
     for column in ("task", "kind", "MFLOPs", "weight", "trials", "untuned ms", "tuned ms",

@@ -46,6 +46,31 @@ GAIN = 0.01  # an improvement smaller than 1% does not count as progress for ear
 
 
 @dataclass(frozen=True)
+class Method:
+    """How a database's records were made. Records compare only with records made the same
+    way: a kernel timed with its weights flushed from the caches is slower than the same kernel
+    timed warm, and prepacked kernels are other workloads. So a database holds one method,
+    written to METHOD_FILE by its first tuning and checked by every later one; ``compile``
+    reads it to know whether to repack the weights."""
+
+    prepack: bool
+    flush_caches: bool
+
+    def as_json(self) -> dict:
+        return {"prepack": self.prepack, "flush_caches": self.flush_caches}
+
+    def describe(self) -> str:
+        return (f"{'prepacked' if self.prepack else 'unpacked'} weights, "
+                f"{'flushed' if self.flush_caches else 'warm'} caches")
+
+
+# MetaSchedule's own way. Prepacking with flushed caches measured level with it per minute of
+# tuning on this host (benchmarks/RESULTS.md), no better: an option, not the default.
+DEFAULT_METHOD = Method(prepack=False, flush_caches=False)
+LEGACY_METHOD = DEFAULT_METHOD  # records made before METHOD_FILE
+
+
+@dataclass(frozen=True)
 class TuneConfig:
     target: TargetConfig
     db_dir: Path
@@ -60,10 +85,8 @@ class TuneConfig:
     # A task stops early once this many trials in a row brought no gain of GAIN or more over
     # its best (None: every task spends its whole budget).
     patience: int | None = 64
-    # How candidates are made and timed: a database holds records of one method (Method,
-    # settle_method); the defaults are DEFAULT_METHOD's.
-    prepack: bool = False  # weights repacked at build time into the layout a schedule asks for
-    flush_caches: bool = False  # candidates timed with all but their input flushed from caches
+    # how candidates are made and timed: a database holds records of one (settle_method)
+    method: Method = DEFAULT_METHOD
 
 
 @dataclass(frozen=True)
@@ -139,7 +162,7 @@ def extract_tasks(mod: tvm.IRModule, config: TuneConfig) -> list[Task]:
     target = config.target.tvm_target
     with target:
         optimized = pipeline.optimize(mod, config.fuse_shuffle, config.layout)
-    lowered = pipeline.fuse(optimized, target, config.prepack)
+    lowered = pipeline.fuse(optimized, target, config.method.prepack)
     tasks = []
     for extracted in ms.relax_integration.extract_tasks(lowered, target):
         kind, macs = _classify(extracted.dispatched[0]["main"], config.layout)
@@ -190,27 +213,6 @@ def open_database(db_dir: Path):
                                     path_tuning_record=str(db_dir / RECORD_FILE))
 
 
-@dataclass(frozen=True)
-class Method:
-    """How a database's records were made. Records compare only with records made the same
-    way: a kernel timed with its weights flushed from the caches is slower than the same kernel
-    timed warm, and prepacked kernels are other workloads. So a database holds one method,
-    written to METHOD_FILE by its first tuning and checked by every later one; ``compile``
-    reads it to know whether to repack the weights."""
-
-    prepack: bool
-    flush_caches: bool
-
-    def as_json(self) -> dict:
-        return {"prepack": self.prepack, "flush_caches": self.flush_caches}
-
-
-# MetaSchedule's own way. Prepacking with flushed caches measured level with it per minute of
-# tuning on this host (benchmarks/RESULTS.md), no better: an option, not the default.
-DEFAULT_METHOD = Method(prepack=False, flush_caches=False)
-LEGACY_METHOD = DEFAULT_METHOD  # records made before METHOD_FILE
-
-
 def database_method(db_dir: Path) -> Method | None:
     """The method of the database in ``db_dir``; None for a new (empty) one."""
     path = db_dir / METHOD_FILE
@@ -236,11 +238,8 @@ def settle_method(db_dir: Path, prepack: bool | None = None,
     method = Method(base.prepack if prepack is None else prepack,
                     base.flush_caches if flush_caches is None else flush_caches)
     if existing is not None and method != existing:
-        def describe(m: Method) -> str:
-            return (f"{'prepacked' if m.prepack else 'unpacked'} weights, "
-                    f"{'flushed' if m.flush_caches else 'warm'} caches")
-        raise DatabaseError(f"{db_dir} holds records tuned with {describe(existing)}, not "
-                            f"{describe(method)}: they do not compare; tune into another --db")
+        raise DatabaseError(f"{db_dir} holds records tuned with {existing.describe()}, not "
+                            f"{method.describe()}: they do not compare; tune into another --db")
     return method
 
 
@@ -314,7 +313,7 @@ def _runner(config: TuneConfig, tracker: TrackerConfig, devices: int):
                                      tracker_key=tracker.key,
                                      session_timeout_sec=int(max(config.timeout,
                                                                  tracker.session_timeout)))
-    if config.flush_caches:  # one call a timing: a second would find the caches warm
+    if config.method.flush_caches:  # one call a timing: a second would find the caches warm
         evaluator = ms.runner.EvaluatorConfig(number=1, repeat=20, min_repeat_ms=0,
                                               enable_cpu_cache_flush=True)
     else:
@@ -508,9 +507,9 @@ def tune(mod: tvm.IRModule, config: TuneConfig, tracker: TrackerConfig, devices:
     import xgboost  # noqa: F401 - imported here, not inside a callback that Ctrl-C may hit
 
     progress = progress or Progress()
-    settle_method(config.db_dir, config.prepack, config.flush_caches)  # raises on a mix
+    settle_method(config.db_dir, config.method.prepack, config.method.flush_caches)  # a mix?
     database = open_database(config.db_dir)
-    write_method(config.db_dir, Method(config.prepack, config.flush_caches))
+    write_method(config.db_dir, config.method)
     tasks = select(extract_tasks(mod, config), config.ops)
     budget = plan(tasks, config, database)
     progress.start(tasks, {name: todo for name, (_, todo) in budget.items()})
