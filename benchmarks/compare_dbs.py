@@ -7,6 +7,7 @@ commit comes from git, e.g. ``mkdir old && git show REV:schedules/host-znver5/da
 > old/database_workload.json`` (and the same for ``database_tuning_record.json``).
 
     python benchmarks/compare_dbs.py MODEL DB [DB ...] [--size 224x224] [--runs 3]
+        [--layouts nhwc,nhwgc]   (one per database, to compare layouts; default nhwc for all)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tvmshuffle import bench, export, frontends, target
+from tvmshuffle import bench, export, frontends, pipeline, target
 
 
 def main() -> None:
@@ -26,19 +27,26 @@ def main() -> None:
     parser.add_argument("dbs", nargs="+", type=Path)
     parser.add_argument("--size", default="224x224")
     parser.add_argument("--runs", type=int, default=3, help="timings of 100 calls each")
+    parser.add_argument("--layouts", default=None,
+                        help="comma-separated convolution layout per database (default nhwc)")
     args = parser.parse_args()
+    layouts = (args.layouts.upper().split(",") if args.layouts
+               else [pipeline.DEFAULT_LAYOUT] * len(args.dbs))
+    if len(layouts) != len(args.dbs) or not set(layouts) <= set(pipeline.LAYOUTS):
+        parser.error(f"--layouts needs one of {sorted(pipeline.LAYOUTS)} per database")
     config = target.resolve("host", threads=1)
     imported = frontends.load(frontends.ModelSpec(args.model,
                                                   frontends.parse_input_size(args.size)))
     console = Console(width=120)
     with tempfile.TemporaryDirectory() as tmp:
         runners = {}
-        for i, db in enumerate(args.dbs):
+        for i, (db, layout) in enumerate(zip(args.dbs, layouts)):
             out = Path(tmp) / str(i)
-            export.build_artifact(imported, export.CompileConfig(config, db=db), out)
+            export.build_artifact(imported, export.CompileConfig(config, layout=layout, db=db),
+                                  out)
             artifact = bench.load_artifact(out)
             bench.run_local(artifact, repeat=2)  # numerics checked here
-            runners[str(db)] = bench.vm_runner(artifact)
+            runners[f"{db} ({layout})"] = bench.vm_runner(artifact)
         for run in range(args.runs):
             latency = bench.time_interleaved(runners, rounds=20, calls=5)
             console.print(f"run {run + 1}: " + ", ".join(

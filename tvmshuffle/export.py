@@ -38,7 +38,7 @@ IR_NAME = "final_ir.py"
 class CompileConfig:
     target: TargetConfig
     fuse_shuffle: bool = True  # the channel shuffle pass (passes/channel_shuffle.py)
-    layout: str = pipeline.DEFAULT_LAYOUT  # of the convolutions: NHWC or NCHW
+    layout: str = pipeline.DEFAULT_LAYOUT  # of the convolutions: a key of pipeline.LAYOUTS
     db: Path | None = None  # a MetaSchedule database whose records are applied
     android_api: int = toolchain.DEFAULT_ANDROID_API  # for --target arm
 

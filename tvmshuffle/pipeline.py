@@ -23,9 +23,11 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from .passes import fold_batchnorm, fuse_channel_shuffle, sink_channel_shuffle
+from .passes import fold_batchnorm, fuse_channel_shuffle, group_axis, sink_channel_shuffle
 
-LAYOUTS = {"NHWC": ("NHWC", "HWIO"), "NCHW": ("NCHW", "OIHW")}  # data, weight layout of convs
+# data, weight layout of convs; NHWGC is NHWC with the 1x1 group convolutions computed with the
+# group as an axis of its own (passes/group_axis.py)
+LAYOUTS = {"NHWC": ("NHWC", "HWIO"), "NCHW": ("NCHW", "OIHW"), "NHWGC": ("NHWC", "HWIO")}
 DEFAULT_LAYOUT = "NHWC"
 
 
@@ -43,10 +45,10 @@ def graph_passes(fuse_shuffle: bool = True, layout: str = DEFAULT_LAYOUT) -> tvm
         cleanup += [relax.transform.ConvertLayout({"relax.nn.conv2d": list(LAYOUTS[layout])}),
                     relax.transform.FoldConstant(),  # the weights' transposes, done now
                     relax.transform.DeadCodeElimination()]
-    if fuse_shuffle:
-        passes = [sink_channel_shuffle, *cleanup, fuse_channel_shuffle]
-    else:
-        passes = cleanup
+    passes = [sink_channel_shuffle, *cleanup, fuse_channel_shuffle] if fuse_shuffle else cleanup
+    if layout == "NHWGC":
+        passes += [group_axis, relax.transform.RemoveRedundantReshape(),
+                   relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()]
     return tvm.transform.Sequential(passes, name="tvmshuffle.graph_passes")
 
 

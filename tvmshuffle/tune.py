@@ -79,7 +79,7 @@ class TuneConfig:
     ops: tuple[str, ...] = DEFAULT_OPS  # kinds of task to tune; ("all",) for every task
     timeout: float = 60.0  # build timeout and RPC session timeout, seconds
     fuse_shuffle: bool = True
-    layout: str = pipeline.DEFAULT_LAYOUT  # of the convolutions: NHWC or NCHW
+    layout: str = pipeline.DEFAULT_LAYOUT  # of the convolutions: a key of pipeline.LAYOUTS
     seed: int = 0
     android_api: int = toolchain.DEFAULT_ANDROID_API  # --target arm: how candidates are linked
     # A task stops early once this many trials in a row brought no gain of GAIN or more over
@@ -139,9 +139,12 @@ def _classify(func: tvm.tirx.PrimFunc, layout: str) -> tuple[str, int]:
     names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
     shapes = [tuple(int(d) for d in p.ty.shape) for p in func.params]
     out = shapes[-1]
+    if any("conv2d_nhwgc" in n for n in names) and len(shapes) >= 3:
+        # passes/group_axis.py: (n, h, w, g, c / g), (g, c / g, o / g), a 1x1 group conv
+        return "grouped", math.prod(out) * shapes[1][1]
     if any("conv" in n for n in names) and len(shapes) >= 3 and len(shapes[0]) == 4:
         data, weight = shapes[0], shapes[1]
-        if layout == "NHWC":  # (n, h, w, c), (kh, kw, c / groups, o)
+        if layout != "NCHW":  # (n, h, w, c), (kh, kw, c / groups, o)
             channels, in_per_group, window = data[3], weight[2], weight[0] * weight[1]
         else:  # (n, c, h, w), (o, c / groups, kh, kw)
             channels, in_per_group, window = data[1], weight[1], weight[2] * weight[3]

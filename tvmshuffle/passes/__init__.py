@@ -2,5 +2,6 @@
 
 from .channel_shuffle import fuse_channel_shuffle, sink_channel_shuffle
 from .fold_batchnorm import fold_batchnorm
+from .group_axis import group_axis
 
-__all__ = ["fold_batchnorm", "fuse_channel_shuffle", "sink_channel_shuffle"]
+__all__ = ["fold_batchnorm", "fuse_channel_shuffle", "group_axis", "sink_channel_shuffle"]
