@@ -44,7 +44,7 @@ def test_default_layout_is_nhwc_and_weights_are_transposed_at_compile_time():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+@pytest.mark.parametrize("layout", ["nhwc", "nchw", "nhwgc"])
 def test_compile_in_either_layout_matches_pytorch(layout, tmp_path):
     """`compile --layout` builds a library that matches PyTorch and records its layout, with
     the input and output shapes of the imported (NCHW) model."""
