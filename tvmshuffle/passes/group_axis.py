@@ -32,6 +32,8 @@ import tvm
 from tvm import relax, te, tirx
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
+from .channel_shuffle import _i64, _relax_functions
+
 EPILOGUE_UNARY = ("relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh", "relax.nn.silu")
 EPILOGUE_BINARY = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide")
 
@@ -41,10 +43,6 @@ def _shape(expr: relax.Expr) -> tuple[int, ...] | None:
     if shape is None or not all(isinstance(d, tirx.IntImm) for d in shape):
         return None
     return tuple(int(d) for d in shape)
-
-
-def _i64(*values: int) -> tuple[tirx.IntImm, ...]:
-    return tuple(tirx.IntImm("int64", v) for v in values)
 
 
 def _group_conv_prim_func(shape5: tuple[int, ...], groups: int, cig: int, cog: int,
@@ -172,11 +170,6 @@ def _sink_reshapes(func: relax.Function) -> relax.Function:
         if not moved:
             break
     return func
-
-
-def _relax_functions(mod: tvm.IRModule) -> list[str]:
-    return [gv.name_hint for gv, f in mod.functions.items()
-            if isinstance(f, relax.Function) and not f.attrs.get("Primitive", False)]
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvmshuffle.GroupAxis")
