@@ -19,11 +19,11 @@ def _tasks(layout: str) -> list[tuple[str, int, int]]:
     return sorted((t.kind, t.weight, t.macs) for t in tasks if t.kind != "other")
 
 
-def test_tasks_are_classified_alike_in_both_layouts():
-    """Every convolution task has the same kind, call count and multiply-adds in NHWC as in
-    NCHW, so budgets, ordering and --ops select the same work whichever layout is tuned."""
+def test_tasks_are_classified_alike_in_every_layout():
+    """Every convolution task has the same kind, call count and multiply-adds in NHWC and NHWGC
+    as in NCHW, so budgets, ordering and --ops select the same work whichever layout is tuned."""
     nchw, nhwc = _tasks("NCHW"), _tasks("NHWC")
-    assert nchw == nhwc
+    assert nchw == nhwc == _tasks("NHWGC")
     assert {kind for kind, _, _ in nhwc} == {"conv", "grouped", "depthwise", "dense"}
 
 
