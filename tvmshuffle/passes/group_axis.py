@@ -33,16 +33,10 @@ from tvm import relax, te, tirx
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from .channel_shuffle import _i64, _relax_functions
+from .channel_shuffle import _static_shape as _shape
 
 EPILOGUE_UNARY = ("relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh", "relax.nn.silu")
 EPILOGUE_BINARY = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide")
-
-
-def _shape(expr: relax.Expr) -> tuple[int, ...] | None:
-    shape = getattr(expr.ty, "shape", None)
-    if shape is None or not all(isinstance(d, tirx.IntImm) for d in shape):
-        return None
-    return tuple(int(d) for d in shape)
 
 
 def _group_conv_prim_func(shape5: tuple[int, ...], groups: int, cig: int, cog: int,
@@ -81,7 +75,7 @@ def _rewrite_convs(func: relax.Function, builder: relax.BlockBuilder) -> relax.F
         if not _eligible(expr):
             return expr
         data = expr.args[0]
-        n, h, w, c = _shape(data)
+        n, h, w, _ = _shape(data)
         groups = int(expr.attrs.groups)
         hwio = matches[weight].value.numpy()  # (1, 1, c/g, o)
         cig, out_channels = hwio.shape[2], hwio.shape[3]
@@ -151,9 +145,6 @@ def _sink_reshapes(func: relax.Function) -> relax.Function:
             inner = relax.Call(expr.op, [source], expr.attrs)
         else:
             operand = matches[other]
-            if _shape(operand) is None or _shape(operand)[-1:] not in ((1,), (shape5[3] *
-                                                                             shape5[4],)):
-                return expr
             if _shape(expr) != shape5[:3] + (shape5[3] * shape5[4],):
                 return expr  # the other operand broadcasts the result: not an epilogue
             viewed = _as_5d(operand, shape5)
