@@ -7,7 +7,7 @@ commit comes from git, e.g. ``mkdir old && git show REV:schedules/host-znver5/da
 > old/database_workload.json`` (and the same for ``database_tuning_record.json``).
 
     python benchmarks/compare_dbs.py MODEL DB [DB ...] [--size 224x224] [--runs 3]
-        [--layouts nhwc,nhwgc]   (one per database, to compare layouts; default nhwc for all)
+        [--layouts nhwc,nhwgc]   (one per database, to compare layouts; default nhwgc for all)
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--size", default="224x224")
     parser.add_argument("--runs", type=int, default=3, help="timings of 100 calls each")
     parser.add_argument("--layouts", default=None,
-                        help="comma-separated convolution layout per database (default nhwc)")
+                        help="comma-separated convolution layout per database (default nhwgc)")
     args = parser.parse_args()
     layouts = (args.layouts.upper().split(",") if args.layouts
                else [pipeline.DEFAULT_LAYOUT] * len(args.dbs))

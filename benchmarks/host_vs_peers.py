@@ -8,6 +8,7 @@ of a shared machine falls on all of them alike.
 
     python benchmarks/host_vs_peers.py [--models a,b] [--size 224x224] [--threads 1] [--repeat 30]
         [--db schedules/host-znver5]   # compile with a tuning database (default: untuned)
+        [--layout nhwc|nchw|nhwgc]     # convolution layout of the tvmshuffle build
 """
 
 from __future__ import annotations
@@ -24,18 +25,18 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from tvmshuffle import bench, export, frontends, models, target
+from tvmshuffle import bench, export, frontends, models, pipeline, target
 
 DEFAULT_MODELS = ("shufflenet_v1_g3_0.5x", "shufflenet_v1_g3_1.0x", "shufflenet_v1_g3_2.0x",
                   "mobilenet_v1_1.0", "alexnet")
 
 
 def measure(name: str, size: tuple[int, int], threads: int, repeat: int, work: Path,
-            db: Path | None) -> dict:
+            db: Path | None, layout: str) -> dict:
     spec = frontends.ModelSpec(name, size)
     imported = frontends.load(spec)
     start = time.perf_counter()
-    config = export.CompileConfig(target.resolve("host", threads=threads), db=db)
+    config = export.CompileConfig(target.resolve("host", threads=threads), db=db, layout=layout)
     manifest = export.build_artifact(imported, config, work / name)
     build_s = time.perf_counter() - start
     artifact = bench.load_artifact(work / name)
@@ -69,6 +70,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--db", type=Path, help="Tuning database to compile with.")
+    parser.add_argument("--layout", default=pipeline.DEFAULT_LAYOUT.lower(),
+                        choices=[name.lower() for name in pipeline.LAYOUTS],
+                        help="Convolution layout of the tvmshuffle build.")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
     args = parser.parse_args()
     size = frontends.parse_input_size(args.size)
@@ -76,9 +80,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             models.lookup(name)
-            rows.append(measure(name, size, args.threads, args.repeat, Path(tmp), args.db))
+            rows.append(measure(name, size, args.threads, args.repeat, Path(tmp), args.db,
+                                args.layout.upper()))
 
-    state = f"tuned with {args.db}" if args.db else "untuned"
+    state = (f"tuned with {args.db}" if args.db else "untuned") + f", {args.layout}"
     table = Table(title=f"host, {args.threads} thread(s), {args.size}, tvmshuffle {state}, "
                         "median ms (ratio to ONNX Runtime)")
     for column in ("model", "MFLOPs", "tuned kernels", "tvmshuffle", "ONNX Runtime", "PyTorch",
@@ -98,6 +103,7 @@ def main() -> None:
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": platform.processor() or platform.machine(),
             "threads": args.threads, "size": args.size, "db": str(args.db) if args.db else None,
+            "layout": args.layout,
             "rows": rows}, indent=2))
 
 

@@ -243,14 +243,18 @@ def test_pass_is_idempotent():
     tvm.ir.assert_structural_equal(pipeline.optimize(once), once)
 
 
-@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("layout", ["NHWGC", "NHWC", "NCHW"])
 def test_shufflenet_1x_g3_has_no_data_movement_kernel(layout):
-    """TVM's default pipeline leaves six shuffle kernels in ShuffleNet 1x g3; the pass none."""
+    """TVM's default pipeline leaves six shuffle kernels in ShuffleNet 1x g3; the pass none.
+    (In NHWGC the unfused shuffles also absorb the 5-d -> 4-d view of the group convolution
+    before them, which ``data_movement_kernels``, matching input and output shapes, does not
+    count: the six are checked in the other layouts.)"""
     imported = frontends.load(frontends.ModelSpec("shufflenet_v1_g3_1.0x"))
     tgt = target.resolve("host").tvm_target
     plain = pipeline.lower(pipeline.optimize(imported.mod, False, layout), tgt)
     fused = pipeline.lower(pipeline.optimize(imported.mod, True, layout), tgt)
-    assert len(pipeline.data_movement_kernels(plain)) == 6
+    if layout != "NHWGC":
+        assert len(pipeline.data_movement_kernels(plain)) == 6
     assert pipeline.data_movement_kernels(fused) == []
     assert sum("shuffled_conv2d" in k for k in pipeline.kernel_names(fused)) == 6
 

@@ -1,4 +1,5 @@
-"""The convolution layout: NHWC by default, NCHW on request, same numbers, same tuning tasks."""
+"""The convolution layout: NHWGC by default, NHWC and NCHW on request, same numbers, same tuning
+tasks."""
 
 from __future__ import annotations
 
@@ -27,20 +28,51 @@ def test_tasks_are_classified_alike_in_every_layout():
     assert {kind for kind, _, _ in nhwc} == {"conv", "grouped", "depthwise", "dense"}
 
 
-def test_default_layout_is_nhwc_and_weights_are_transposed_at_compile_time():
-    """The graph passes leave every convolution NHWC/HWIO with a constant weight: no weight
-    transpose is left for run time."""
+def _calls(mod: tvm.IRModule, op_name: str) -> list:
     from tvm import relax
 
-    optimized = pipeline.optimize(frontends.load(SMALL).mod)
-    convs = []
+    calls = []
     relax.analysis.post_order_visit(
-        optimized["main"], lambda e: convs.append(e)
-        if isinstance(e, relax.Call) and getattr(e.op, "name", "") == "relax.nn.conv2d" else None)
-    assert convs
+        mod["main"], lambda e: calls.append(e)
+        if isinstance(e, relax.Call) and getattr(e.op, "name", "") == op_name else None)
+    return calls
+
+
+def _channels(expr) -> int:
+    return int(expr.ty.shape.values[-1])
+
+
+def _grouped(conv) -> bool:
+    """Neither dense nor depthwise."""
+    return 1 < int(conv.attrs.groups) < _channels(conv.args[0])
+
+
+def test_default_layout_is_nhwgc_and_weights_are_packed_at_compile_time():
+    """By default every convolution is NHWC/HWIO with a constant weight, except the 1x1 group
+    convolutions, each a 5-d kernel with its weight packed (g, c/g, o/g) as a constant: no weight
+    transpose is left for run time."""
+    from tvmshuffle.cli import cli
+
+    assert pipeline.DEFAULT_LAYOUT == "NHWGC"
+    for command in ("compile", "tune"):  # the CLI spells the default out (it imports tvm lazily)
+        layout = next(p for p in cli.commands[command].params if p.name == "layout")
+        assert layout.default.upper() == pipeline.DEFAULT_LAYOUT
+    imported = frontends.load(SMALL).mod
+    nhwc_groups = [c for c in _calls(pipeline.optimize(imported, layout="NHWC"),
+                                     "relax.nn.conv2d") if _grouped(c)]
+    optimized = pipeline.optimize(imported)
+    convs = _calls(optimized, "relax.nn.conv2d")
+    assert convs and nhwc_groups
     for conv in convs:
         assert (str(conv.attrs.data_layout), str(conv.attrs.kernel_layout)) == ("NHWC", "HWIO")
         assert isinstance(conv.args[1], tvm.ir.expr.Constant)
+        assert not _grouped(conv)
+    kernels = [c for c in _calls(optimized, "relax.call_tir")
+               if c.args[0].name_hint.startswith("group_conv2d_nhwgc")]
+    assert len(kernels) == len(nhwc_groups)
+    for kernel in kernels:
+        weight = kernel.args[1][1]
+        assert isinstance(weight, tvm.ir.expr.Constant) and len(weight.ty.shape.values) == 3
 
 
 @pytest.mark.slow

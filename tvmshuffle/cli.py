@@ -119,12 +119,12 @@ android_api_option = click.option(
     "--android-api", default=24, show_default=True, type=click.IntRange(min=21),
     help="Android API level the arm library is linked for (NDK clang or clang+lld).")
 layout_option = click.option(
-    "--layout", type=click.Choice(["nhwc", "nchw", "nhwgc"], case_sensitive=False),
-    default="nhwc", show_default=True,
-    help="Layout of the convolutions: nhwc vectorizes over channels (faster on CPUs), nchw is "
-         "the imported layout, nhwgc is nhwc with 1x1 group convolutions computed with the "
-         "group as an axis of its own. Tuning records apply only to the layout they were "
-         "tuned in.")
+    "--layout", type=click.Choice(["nhwgc", "nhwc", "nchw"], case_sensitive=False),
+    default="nhwgc", show_default=True,  # pipeline.DEFAULT_LAYOUT (tvm is imported lazily)
+    help="Layout of the convolutions: nhwgc is nhwc with each 1x1 group convolution computed "
+         "with the group as an axis of its own (fastest on CPUs), nhwc vectorizes over "
+         "channels, nchw is the imported layout. Tuning records apply only to the layout they "
+         "were tuned in.")
 device_option = click.option(
     "--device", default="generic", show_default=True,
     help="Device preset for arm targets (core count, mcpu), e.g. snapdragon820.")

@@ -5,7 +5,9 @@ operators (so that BatchNorm behind a shuffle still folds), BatchNorm folded int
 convolution's weights and bias (``passes/fold_batchnorm.py``), remaining inference-mode ops
 decomposed, constants folded, dead code removed, convolutions converted to the channels-last
 layout (NHWC data, HWIO weights; TVM's ``ConvertLayout``, weights transposed at compile time) and
-each channel shuffle fused into the convolution that consumes it (``passes/channel_shuffle.py``).
+each channel shuffle fused into the convolution that consumes it (``passes/channel_shuffle.py``),
+and, in the default NHWGC layout, each 1x1 group convolution given the group as an axis of its
+own (``passes/group_axis.py``; 3.5-12.5% faster ShuffleNets once tuned, benchmarks/RESULTS.md).
 
 Why channels-last: a 1x1 convolution in NCHW vectorizes along the image width, which is 7-28
 pixels in ShuffleNet's later stages, so most vector lanes are masked or wasted; in NHWC it
@@ -28,7 +30,7 @@ from .passes import fold_batchnorm, fuse_channel_shuffle, group_axis, sink_chann
 # data, weight layout of convs; NHWGC is NHWC with the 1x1 group convolutions computed with the
 # group as an axis of its own (passes/group_axis.py)
 LAYOUTS = {"NHWC": ("NHWC", "HWIO"), "NCHW": ("NCHW", "OIHW"), "NHWGC": ("NHWC", "HWIO")}
-DEFAULT_LAYOUT = "NHWC"
+DEFAULT_LAYOUT = "NHWGC"
 
 
 def graph_passes(fuse_shuffle: bool = True, layout: str = DEFAULT_LAYOUT) -> tvm.transform.Pass:

@@ -599,11 +599,23 @@ def _tune_tasks(tasks: list[Task], budget: dict[str, tuple[int, int]], config: T
     return results
 
 
+# Host CPUs (as LLVM names them) with the same vector ISA, whose schedules transfer: a host with
+# no database of its own uses, and appends to, a sibling's. Each record keeps the target it was
+# measured with.
+HOST_CPU_SIBLINGS = {"znver4": ("znver5",), "znver5": ("znver4",)}
+
+
 def default_db_dir(target: TargetConfig, device: str) -> Path:
-    """schedules/host-<mcpu>/ for the host, schedules/<target>-<device>/ for a device."""
+    """schedules/host-<mcpu>/ for the host (or, when only a sibling CPU's exists under the
+    working directory or beside this package, that one), schedules/<target>-<device>/ for a
+    device."""
     spec = dict(target.spec)
     if target.name == "host":
-        return Path("schedules") / f"host-{spec.get('mcpu', 'generic')}"
+        mcpu = spec.get("mcpu", "generic")
+        for name in (mcpu, *HOST_CPU_SIBLINGS.get(mcpu, ())):
+            if _holds_records(Path("schedules") / f"host-{name}"):
+                return Path("schedules") / f"host-{name}"
+        return Path("schedules") / f"host-{mcpu}"
     if target.name in ("arm", "arm-linux"):
         return Path("schedules") / f"{target.name}-{device}"
     return Path("schedules") / "custom"
@@ -620,6 +632,12 @@ def shipped_db_dir(target: TargetConfig, device: str) -> Path | None:
         if (candidate / RECORD_FILE).exists():
             return candidate
     return None
+
+
+def _holds_records(db_dir: Path) -> bool:
+    """Whether ``db_dir`` is a database here, or one shipped beside this package."""
+    shipped = Path(__file__).resolve().parent.parent / db_dir
+    return any((d / RECORD_FILE).exists() for d in (db_dir, shipped))
 
 
 def apply_database(db_dir: Path):
