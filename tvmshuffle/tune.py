@@ -613,7 +613,7 @@ def default_db_dir(target: TargetConfig, device: str) -> Path:
     if target.name == "host":
         mcpu = spec.get("mcpu", "generic")
         for name in (mcpu, *HOST_CPU_SIBLINGS.get(mcpu, ())):
-            if _holds_records(Path("schedules") / f"host-{name}"):
+            if _located(Path("schedules") / f"host-{name}") is not None:
                 return Path("schedules") / f"host-{name}"
         return Path("schedules") / f"host-{mcpu}"
     if target.name in ("arm", "arm-linux"):
@@ -626,18 +626,16 @@ def shipped_db_dir(target: TargetConfig, device: str) -> Path | None:
     the working directory (where ``tune`` writes), else the one shipped beside this package
     (so a source checkout's databases apply wherever the command runs); None if neither holds
     records."""
-    default = default_db_dir(target, device)
-    shipped = Path(__file__).resolve().parent.parent / default
-    for candidate in (default, shipped):
+    return _located(default_db_dir(target, device))
+
+
+def _located(db_dir: Path) -> Path | None:
+    """``db_dir`` under the working directory if it holds records, else the one shipped beside
+    this package if that does, else None."""
+    for candidate in (db_dir, Path(__file__).resolve().parent.parent / db_dir):
         if (candidate / RECORD_FILE).exists():
             return candidate
     return None
-
-
-def _holds_records(db_dir: Path) -> bool:
-    """Whether ``db_dir`` is a database here, or one shipped beside this package."""
-    shipped = Path(__file__).resolve().parent.parent / db_dir
-    return any((d / RECORD_FILE).exists() for d in (db_dir, shipped))
 
 
 def apply_database(db_dir: Path):
