@@ -44,3 +44,40 @@ def test_a_host_cpu_without_siblings_gets_a_new_database(tmp_path, monkeypatch):
     assert tune.default_db_dir(_host("skylake-avx512"), "generic") == Path(
         "schedules/host-skylake-avx512")
     assert tune.shipped_db_dir(_host("skylake-avx512"), "generic") is None
+
+
+def _scheduled(mod, split: bool):
+    from tvm import s_tir
+
+    schedule = s_tir.Schedule(mod)
+    block = schedule.get_sblock("C")
+    if split:
+        i, _ = schedule.get_loops(block)
+        schedule.split(i, factors=[None, 4])
+    return schedule.trace
+
+
+def test_compile_prefers_records_measured_on_its_own_cpu(tmp_path):
+    """Times measured on another CPU do not compare with this one's: per kernel, the best
+    record with the compile target wins when there is one (even if another CPU's time is
+    lower), else the best of all."""
+    import tvm
+    from tvm import te
+    from tvm.s_tir import meta_schedule as ms
+
+    a = te.placeholder((16, 16), name="A")
+    c = te.compute((16, 16), lambda i, j: a[i, j] * 2.0, name="C")
+    mod = tvm.IRModule({"main": te.create_prim_func([a, c])})
+    here, there, elsewhere = (_host(cpu).tvm_target for cpu in ("znver4", "znver5", "znver3"))
+    database = tune.open_database(tmp_path)
+    workload = database.commit_workload(mod)
+    args = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+    for split, secs, where in ((True, 1e-6, there), (False, 3e-6, here), (True, 2e-6, here)):
+        database.commit_tuning_record(ms.database.TuningRecord(
+            _scheduled(mod, split), workload, [secs], where, args))
+
+    picked = tune.apply_database(tmp_path, here).query_tuning_record(mod, here, "main")
+    assert [float(s) for s in picked.run_secs] == [2e-6] and str(picked.target) == str(here)
+    fallback = tune.apply_database(tmp_path, elsewhere).query_tuning_record(mod, elsewhere,
+                                                                            "main")
+    assert [float(s) for s in fallback.run_secs] == [1e-6]

@@ -239,3 +239,43 @@ def test_the_unscheduled_kernel_is_kept_when_it_is_faster(tmp_path):
     assert json.loads(result.stdout)["tuning"]["tuned_kernels"] == [task.name]
     run = json.loads(invoke("run", str(out), "--json", "--repeat", "2").stdout)
     assert run["max_abs_err"] < 1e-4
+
+
+def test_schedules_of_another_cpu_are_retimed_here_before_tuning(tmp_path):
+    """Records measured on a sibling CPU (another mcpu) do not count as this CPU's: a tune
+    first re-times the fastest distinct ones here and records them with this target (once: a
+    re-run re-times nothing), and compile picks from those."""
+    from tvmshuffle import target
+
+    ours = json.loads(str(target.resolve("host").tvm_target))["mcpu"]
+    sibling = "znver3" if ours != "znver3" else "znver4"
+    db = tmp_path / "db"
+    # two depthwise tasks, five schedules each
+    tune_json("--ops", "depthwise", "--trials-per-task", "5", "--trials", "10", "--patience", "0",
+              "--db", str(db))
+    # the same records as a sibling CPU would have made them
+    foreign = [line.replace(f'"mcpu":"{ours}"'.encode(), f'"mcpu":"{sibling}"'.encode())
+               for line in record_lines(db)]
+    assert all(f'"{sibling}"'.encode() in line for line in foreign)
+    (db / tune.RECORD_FILE).write_bytes(b"\n".join(foreign) + b"\n")
+
+    # a budget the records already cover: this run only re-times
+    first = tune_json("--ops", "depthwise", "--trials-per-task", "1", "--trials", "1", "--db",
+                      str(db))
+    tasks = [t for t in first["tasks"] if t["remeasured"]]
+    assert len(tasks) == 2 and all(t["remeasured"] == tune.REMEASURE for t in tasks)
+    assert all(t["trials_before"] == tune.REMEASURE and t["trials_run"] == 0 for t in tasks)
+    lines = record_lines(db)
+    assert lines[:len(foreign)] == foreign, "appended, nothing rewritten"
+    retimed = [json.loads(line) for line in lines[len(foreign):]]
+    assert len(retimed) == 2 * tune.REMEASURE
+    assert all(r[1][2]["mcpu"] == ours for r in retimed)
+    assert {json.dumps(r[1][0]) for r in retimed} <= {json.dumps(json.loads(f)[1][0])
+                                                      for f in foreign}
+
+    again = tune_json("--ops", "depthwise", "--trials-per-task", "1", "--trials", "1", "--db",
+                      str(db))
+    assert sum(t["remeasured"] for t in again["tasks"]) == 0 and record_lines(db) == lines
+    result = invoke("compile", *MODEL, "--db", str(db), "-o", str(tmp_path / "out"), "--json")
+    assert result.exit_code == 0, result.output
+    assert {t["name"] for t in tasks} <= set(json.loads(result.stdout)["tuning"]["tuned_kernels"])

@@ -58,7 +58,7 @@ class Compiled:
 def compile_module(mod: tvm.IRModule, config: CompileConfig) -> Compiled:
     """Lower ``mod`` (already through the graph passes) with TVM's pipeline and build it."""
     target = config.target.tvm_target
-    database = tune.apply_database(config.db) if config.db is not None else None
+    database = tune.apply_database(config.db, target) if config.db is not None else None
     method = tune.database_method(config.db) if config.db is not None else None
     try:
         final = pipeline.lower(mod, target, database, prepack=bool(method and method.prepack))

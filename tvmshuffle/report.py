@@ -171,6 +171,7 @@ class TuneProgress:
         self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                              TextColumn("{task.fields[best]}"), TimeElapsedColumn(),
                              console=err, disable=quiet or not err.is_terminal)
+        self.quiet = quiet
         self.overall = None
         self.current = None
         self.finished = 0
@@ -183,6 +184,12 @@ class TuneProgress:
 
     def __exit__(self, *exc):
         self.bars.stop()
+
+    def remeasuring(self, count: int, cpus: list[str]) -> None:
+        if self.quiet:
+            return
+        self.bars.console.print(f"re-timing {count} schedules measured on {', '.join(cpus)} "
+                                "here first (times of other CPUs do not compare)")
 
     def start(self, tasks, budget: dict[str, int]) -> None:
         self.count = len(tasks)
@@ -220,6 +227,7 @@ def tune_json(results, config, tracker_address: str, key: str, wall_s: float) ->
             "mflops": round(r.task.macs / 1e6, 3), "trials_before": r.trials_before,
             "trials_run": r.trials_run, "untuned_ms": r.untuned_ms, "tuned_ms": r.tuned_ms,
             "speedup": r.speedup, "converged": r.converged, "kept_untuned": r.kept_untuned,
+            "remeasured": r.remeasured,
         } for r in results],
     }
 
@@ -240,7 +248,9 @@ def tune_table(data: dict) -> None:
     for row in data["tasks"]:
         trials = f"{row['trials_before'] + row['trials_run']}"
         if row["trials_before"]:
-            trials += f" ({row['trials_before']} resumed)"
+            trials += f" ({row['trials_before']} resumed"
+            trials += (f", {row['remeasured']} re-timed from another CPU)"
+                       if row.get("remeasured") else ")")
         if row.get("converged"):
             trials += " (converged)"
         if row.get("kept_untuned"):

@@ -12,6 +12,12 @@ as records arrive, never rewritten. Re-running the same tuning resumes: a task's
 in the database count against its budget, and the search starts from them. A third file,
 METHOD_FILE, says how its records were made (weights prepacked or not, caches flushed or warm
 while timing): records of different methods do not compare, so a database holds one.
+
+Each record keeps the target it was measured with, and times measured on different CPUs (or the
+same schedule on a faster sibling) do not compare either. So a task is tuned against the records
+of this target only: before its search, the task's fastest schedules measured on another CPU of
+the same kind are re-timed here (REMEASURE of them), and ``compile`` picks, per kernel, the best
+record measured with its own target when there is one, else the best of all.
 """
 
 from __future__ import annotations
@@ -107,6 +113,7 @@ class TaskResult:
     tuned_ms: float | None = None
     converged: bool = False  # stopped early: `patience` trials without a 1% gain
     kept_untuned: bool = False  # TVM's unscheduled kernel beat every candidate: recorded as best
+    remeasured: int = 0  # schedules measured on another CPU, re-timed here (in trials_before)
 
     @property
     def speedup(self) -> float | None:
@@ -117,6 +124,8 @@ class TaskResult:
 
 class Progress:
     """What a front end is told while tuning runs; the default says nothing."""
+
+    def remeasuring(self, count: int, cpus: list[str]) -> None: ...
 
     def start(self, tasks: list[Task], budget: dict[str, int]) -> None: ...
 
@@ -265,6 +274,41 @@ def _records(database, task: Task, target: tvm.target.Target) -> list:
             if r.workload.same_as(workload) and str(r.target) == target_str]
 
 
+def _cpu_of(target) -> tuple[str, str]:
+    """(the target without its mcpu, its mcpu): records whose targets differ only in mcpu were
+    measured on CPUs of one kind, whose schedules carry over once re-timed."""
+    spec = json.loads(str(target))
+    mcpu = spec.pop("mcpu", "")
+    return json.dumps(spec, sort_keys=True), mcpu
+
+
+REMEASURE = 4  # of a task's fastest schedules measured on another CPU, re-timed before tuning
+
+
+def foreign_schedules(database, task: Task, target: tvm.target.Target,
+                      count: int = REMEASURE) -> list:
+    """Those of the task's ``count`` fastest distinct schedules measured on another CPU of the
+    target's kind (another mcpu) that have no record with ``target`` yet, fastest first."""
+    mod = task.extracted.dispatched[0]
+    if not database.has_workload(mod):
+        return []
+    workload = database.commit_workload(mod)
+    kind, mcpu = _cpu_of(target)
+    own, foreign = set(), {}
+    for record in database.get_all_tuning_records():
+        if not record.workload.same_as(workload):
+            continue
+        key = "\n".join(record.trace.as_python(remove_postproc=False))  # with its decisions
+        record_kind, record_mcpu = _cpu_of(record.target)
+        if record_kind == kind and record_mcpu == mcpu:
+            own.add(key)
+        elif record_kind == kind and mean_ms(record.run_secs) is not None:
+            if key not in foreign or mean_ms(record.run_secs) < mean_ms(foreign[key].run_secs):
+                foreign[key] = record
+    fastest = sorted(foreign.items(), key=lambda item: mean_ms(item[1].run_secs))[:count]
+    return [record for key, record in fastest if key not in own]
+
+
 def mean_ms(run_secs) -> float | None:
     """Mean of one measurement's run times, in ms; None for none or a failed run (MetaSchedule
     records a failure as 1e10 s)."""
@@ -356,6 +400,49 @@ def measure_untuned(tasks: list[Task], builder, runner) -> dict[str, list[float]
             if result.artifact_path:
                 ms.utils.remove_build_dir(result.artifact_path)
     return latencies
+
+
+def remeasure(tasks: list[Task], database, builder, runner,
+              progress: Progress | None = None) -> dict[str, int]:
+    """Re-time here, in one batch, each task's fastest schedules measured on another CPU
+    (``foreign_schedules``) and record them with this target: the search then starts from what
+    the other CPU found, compared with times measured here. Returns the count per task."""
+    from tvm.s_tir import meta_schedule as ms
+
+    picks = [(task, record) for task in tasks
+             for record in foreign_schedules(database, task, task.extracted.target)]
+    counts = {task.name: 0 for task in tasks}
+    if not picks:
+        return counts
+    if progress is not None:
+        progress.remeasuring(len(picks), sorted({_cpu_of(r.target)[1] for _, r in picks}))
+    candidates = [record.as_measure_candidate() for _, record in picks]
+    built = builder.build([ms.builder.BuilderInput(c.sch.mod, task.extracted.target)
+                           for c, (task, _) in zip(candidates, picks)])
+    runs, owners = [], []
+    for candidate, pick, result in zip(candidates, picks, built):
+        if result.error_msg:
+            log.warning("re-timing a schedule of %s failed to build: %s", pick[0].name,
+                        result.error_msg)
+            continue
+        runs.append(ms.runner.RunnerInput(result.artifact_path, "cpu", candidate.args_info))
+        owners.append(pick)
+    try:
+        for (task, record), future in zip(owners, runner.run(runs)):
+            result = future.result()
+            # a failed run is recorded as MetaSchedule records one (1e10 s): never picked, and
+            # not re-timed again
+            secs = ([1e10] if result.error_msg or not result.run_secs
+                    else [float(s) for s in result.run_secs])
+            database.commit_tuning_record(ms.database.TuningRecord(
+                record.trace, database.commit_workload(task.extracted.dispatched[0]), secs,
+                task.extracted.target, record.args_info))
+            counts[task.name] += 1
+    finally:
+        for result in built:
+            if result.artifact_path:
+                ms.utils.remove_build_dir(result.artifact_path)
+    return counts
 
 
 def keep_untuned_if_faster(database, task: Task, run_secs: list[float],
@@ -514,10 +601,8 @@ def tune(mod: tvm.IRModule, config: TuneConfig, tracker: TrackerConfig, devices:
     database = open_database(config.db_dir)
     write_method(config.db_dir, config.method)
     tasks = select(extract_tasks(mod, config), config.ops)
-    budget = plan(tasks, config, database)
-    progress.start(tasks, {name: todo for name, (_, todo) in budget.items()})
-    return _interruptible(lambda stop: _tune_tasks(tasks, budget, config, database, tracker,
-                                                   devices, progress, stop))
+    return _interruptible(lambda stop: _tune_tasks(tasks, config, database, tracker, devices,
+                                                   progress, stop))
 
 
 def _interruptible(work: Callable[[threading.Event], list[TaskResult]]) -> list[TaskResult]:
@@ -547,12 +632,16 @@ def _interruptible(work: Callable[[threading.Event], list[TaskResult]]) -> list[
     return outcome["value"]
 
 
-def _tune_tasks(tasks: list[Task], budget: dict[str, tuple[int, int]], config: TuneConfig,
-                database, tracker: TrackerConfig, devices: int, progress: Progress,
-                stop: threading.Event) -> list[TaskResult]:
+def _tune_tasks(tasks: list[Task], config: TuneConfig, database, tracker: TrackerConfig,
+                devices: int, progress: Progress, stop: threading.Event) -> list[TaskResult]:
     from tvm.s_tir import meta_schedule as ms
 
     builder, runner = _builder(config), _runner(config, tracker, devices)
+    remeasured = remeasure(tasks, database, builder, runner, progress)
+    if stop.is_set():
+        raise KeyboardInterrupt
+    budget = plan(tasks, config, database)
+    progress.start(tasks, {name: todo for name, (_, todo) in budget.items()})
     # one XGBoost model for all tasks, so what it learns on one conv helps the next; it ranks
     # candidates after 16 measurements instead of MetaSchedule's 100 (our budgets are small)
     cost_model = ms.cost_model.XGBModel(num_warmup_samples=16)
@@ -566,7 +655,8 @@ def _tune_tasks(tasks: list[Task], budget: dict[str, tuple[int, int]], config: T
             raise KeyboardInterrupt
         before, todo = budget[task.name]
         untuned_secs = untuned[task.name]
-        result = TaskResult(task, before, untuned_ms=mean_ms(untuned_secs))
+        result = TaskResult(task, before, untuned_ms=mean_ms(untuned_secs),
+                            remeasured=remeasured[task.name])
         progress.task_started(task, todo)
         if todo > 0:
             report = _progress_callback(task, progress, best_ms(_records(database, task, target)),
@@ -638,8 +728,26 @@ def _located(db_dir: Path) -> Path | None:
     return None
 
 
-def apply_database(db_dir: Path):
-    """The database to compile with (``compile --db``), after checking it."""
+def apply_database(db_dir: Path, target: tvm.target.Target):
+    """The database to compile for ``target`` with (``compile --db``), after checking it: per
+    kernel, the fastest record measured with ``target`` when there is one, else the fastest of
+    all (measured on another CPU: those times do not compare with times measured here)."""
+    from tvm.s_tir import meta_schedule as ms
+
     if not (db_dir / RECORD_FILE).exists():
         raise DatabaseError(f"no tuning database in {db_dir} (expected {RECORD_FILE})")
-    return open_database(db_dir)
+    target_str = str(target)
+    best: dict = {}  # workload -> (measured with target, ms, record)
+    for record in open_database(db_dir).get_all_tuning_records():
+        time_ms = mean_ms(record.run_secs)
+        if time_ms is None:
+            continue
+        rank = (str(record.target) != target_str, time_ms)  # own target first, then fastest
+        if record.workload not in best or rank < best[record.workload][0]:
+            best[record.workload] = (rank, record)
+    picked = ms.database.MemoryDatabase()
+    for workload, (_, record) in best.items():
+        picked.commit_tuning_record(ms.database.TuningRecord(
+            record.trace, picked.commit_workload(workload.mod), record.run_secs, record.target,
+            record.args_info))
+    return picked
