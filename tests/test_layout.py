@@ -28,6 +28,29 @@ def test_tasks_are_classified_alike_in_every_layout():
     assert {kind for kind, _, _ in nhwc} == {"conv", "grouped", "depthwise", "dense"}
 
 
+@pytest.mark.parametrize("layout", ["NHWGC", "NCHW"])
+def test_every_task_is_a_kernel_the_library_runs(layout):
+    """Kernels that only reshape become views in the build and are not tasks: MetaSchedule
+    extracts them, and trials spent on them would be wasted."""
+    import re
+
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    tgt = target.resolve("host").tvm_target
+    config = tune.TuneConfig(target.resolve("host"), db_dir=None, layout=layout)
+    with tgt:
+        optimized = pipeline.optimize(frontends.load(SMALL).mod, True, layout)
+    extracted = ms.relax_integration.extract_tasks(pipeline.fuse(optimized, tgt), tgt)
+    reshapes = {t.task_name for t in extracted
+                if relax.analysis.has_reshape_pattern(t.dispatched[0]["main"])}
+    assert reshapes, "MetaSchedule extracts pure reshapes"
+    names = {t.name for t in tune.extract_tasks(frontends.load(SMALL).mod, config)}
+    assert names == {t.task_name for t in extracted} - reshapes
+    called = set(re.findall(r"(\w+)\(", pipeline.lower(optimized, tgt)["main"].script()))
+    assert names <= called and not reshapes & called
+
+
 def _calls(mod: tvm.IRModule, op_name: str) -> list:
     from tvm import relax
 
