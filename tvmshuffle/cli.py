@@ -278,7 +278,10 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
          timeout, patience, prepack, flush_caches, input_size, no_fuse_shuffle, layout, threads,
          android_api, as_json) -> None:
     """Auto-tune MODEL's kernels with MetaSchedule (XGBoost cost model) on devices from a TVM RPC
-    tracker, appending records to a database that `tvmshuffle compile --db` applies."""
+    tracker, appending records to a database that `tvmshuffle compile --db` applies.
+
+    Only records measured with this target count: a task's fastest schedules that another CPU
+    of the same kind measured (another mcpu) are first re-timed here."""
     import time as _time
 
     from . import frontends, report, target, toolchain
