@@ -32,7 +32,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import tvm
 
@@ -269,14 +269,18 @@ def write_method(db_dir: Path, method: Method) -> None:
         os.replace(tmp, path)
 
 
-def _records(database, task: Task, target: tvm.target.Target) -> list:
+def _workload_records(database, task: Task) -> list:
+    """Every record of the task's kernel, whatever target measured it."""
     mod = task.extracted.dispatched[0]
     if not database.has_workload(mod):
         return []
     workload = database.commit_workload(mod)
+    return [r for r in database.get_all_tuning_records() if r.workload.same_as(workload)]
+
+
+def _records(database, task: Task, target: tvm.target.Target) -> list:
     target_str = str(target)
-    return [r for r in database.get_all_tuning_records()
-            if r.workload.same_as(workload) and str(r.target) == target_str]
+    return [r for r in _workload_records(database, task) if str(r.target) == target_str]
 
 
 def _cpu_of(target) -> tuple[str, str]:
@@ -294,15 +298,9 @@ def foreign_schedules(database, task: Task, target: tvm.target.Target,
                       count: int = REMEASURE) -> list:
     """Those of the task's ``count`` fastest distinct schedules measured on another CPU of the
     target's kind (another mcpu) that have no record with ``target`` yet, fastest first."""
-    mod = task.extracted.dispatched[0]
-    if not database.has_workload(mod):
-        return []
-    workload = database.commit_workload(mod)
     kind, mcpu = _cpu_of(target)
     own, foreign = set(), {}
-    for record in database.get_all_tuning_records():
-        if not record.workload.same_as(workload):
-            continue
+    for record in _workload_records(database, task):
         key = "\n".join(record.trace.as_python(remove_postproc=False))  # with its decisions
         record_kind, record_mcpu = _cpu_of(record.target)
         if record_kind == kind and record_mcpu == mcpu:
@@ -374,6 +372,33 @@ def _runner(config: TuneConfig, tracker: TrackerConfig, devices: int):
     return ms.runner.RPCRunner(rpc_config, evaluator, max_workers=devices)
 
 
+def _build_and_run(builder, runner, kernels: list) -> Iterator[tuple[int, str, str | None,
+                                                                       list[float] | None]]:
+    """Build ``kernels`` ((module, target, args info) each) in one batch and run those that
+    built on the device, yielding as results arrive: (index, step, error, run seconds), step
+    "build" or "run", error None when it ran. Build directories are removed at the end."""
+    from tvm.s_tir import meta_schedule as ms
+
+    built = builder.build([ms.builder.BuilderInput(mod, target) for mod, target, _ in kernels])
+    try:
+        for i, result in enumerate(built):
+            if result.error_msg:
+                yield i, "build", result.error_msg, None
+        ran = [i for i, result in enumerate(built) if not result.error_msg]
+        futures = runner.run([ms.runner.RunnerInput(built[i].artifact_path, "cpu", kernels[i][2])
+                              for i in ran])
+        for i, future in zip(ran, futures):
+            result = future.result()
+            if result.error_msg or not result.run_secs:
+                yield i, "run", result.error_msg or "no timing", None
+            else:
+                yield i, "run", None, [float(s) for s in result.run_secs]
+    finally:
+        for result in built:
+            if result.artifact_path:
+                ms.utils.remove_build_dir(result.artifact_path)
+
+
 def measure_untuned(tasks: list[Task], builder, runner) -> dict[str, list[float] | None]:
     """Run times (seconds) of each task's kernel as TVM compiles it without a schedule, on the
     device: one batch of builds and runs for all tasks."""
@@ -382,28 +407,13 @@ def measure_untuned(tasks: list[Task], builder, runner) -> dict[str, list[float]
     if not tasks:
         return {}
     mods = [task.extracted.dispatched[0] for task in tasks]
-    built = builder.build([ms.builder.BuilderInput(mod, task.extracted.target)
-                           for mod, task in zip(mods, tasks)])
-    inputs, owners = [], []
-    for task, mod, result in zip(tasks, mods, built):
-        if result.error_msg:
-            log.warning("untuned build of %s failed: %s", task.name, result.error_msg)
-            continue
-        inputs.append(ms.runner.RunnerInput(result.artifact_path, "cpu",
-                                            ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
-        owners.append(task.name)
     latencies: dict[str, list[float] | None] = {task.name: None for task in tasks}
-    try:
-        for name, future in zip(owners, runner.run(inputs)):
-            result = future.result()
-            if result.error_msg or not result.run_secs:
-                log.warning("untuned run of %s failed: %s", name, result.error_msg)
-                continue
-            latencies[name] = [float(s) for s in result.run_secs]
-    finally:
-        for result in built:
-            if result.artifact_path:
-                ms.utils.remove_build_dir(result.artifact_path)
+    for i, step, error, secs in _build_and_run(builder, runner, [
+            (mod, task.extracted.target, ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
+            for mod, task in zip(mods, tasks)]):
+        if error:
+            log.warning("untuned %s of %s failed: %s", step, tasks[i].name, error)
+        latencies[tasks[i].name] = secs
     return latencies
 
 
@@ -422,31 +432,19 @@ def remeasure(tasks: list[Task], database, builder, runner,
     if progress is not None:
         progress.remeasuring(len(picks), sorted({_cpu_of(r.target)[1] for _, r in picks}))
     candidates = [record.as_measure_candidate() for _, record in picks]
-    built = builder.build([ms.builder.BuilderInput(c.sch.mod, task.extracted.target)
-                           for c, (task, _) in zip(candidates, picks)])
-    runs, owners = [], []
-    for candidate, pick, result in zip(candidates, picks, built):
-        if result.error_msg:
-            log.warning("re-timing a schedule of %s failed to build: %s", pick[0].name,
-                        result.error_msg)
+    for i, step, error, secs in _build_and_run(builder, runner, [
+            (c.sch.mod, task.extracted.target, c.args_info)
+            for c, (task, _) in zip(candidates, picks)]):
+        task, record = picks[i]
+        if step == "build":  # a build yields only when it failed
+            log.warning("re-timing a schedule of %s failed to build: %s", task.name, error)
             continue
-        runs.append(ms.runner.RunnerInput(result.artifact_path, "cpu", candidate.args_info))
-        owners.append(pick)
-    try:
-        for (task, record), future in zip(owners, runner.run(runs)):
-            result = future.result()
-            # a failed run is recorded as MetaSchedule records one (1e10 s): never picked, and
-            # not re-timed again
-            secs = ([1e10] if result.error_msg or not result.run_secs
-                    else [float(s) for s in result.run_secs])
-            database.commit_tuning_record(ms.database.TuningRecord(
-                record.trace, database.commit_workload(task.extracted.dispatched[0]), secs,
-                task.extracted.target, record.args_info))
-            counts[task.name] += 1
-    finally:
-        for result in built:
-            if result.artifact_path:
-                ms.utils.remove_build_dir(result.artifact_path)
+        # a failed run is recorded as MetaSchedule records one (1e10 s): never picked, and not
+        # re-timed again
+        database.commit_tuning_record(ms.database.TuningRecord(
+            record.trace, database.commit_workload(task.extracted.dispatched[0]),
+            secs or [1e10], task.extracted.target, record.args_info))
+        counts[task.name] += 1
     return counts
 
 
