@@ -1,9 +1,12 @@
-"""Which tuning database `tune`, `compile` and `compare` use when none is given."""
+"""Which tuning database `tune`, `compile` and `compare` use when none is given, and how
+compile reads one."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from conftest import assert_one_line_error, invoke
 from tvmshuffle import target, tune
 
 
@@ -81,3 +84,20 @@ def test_compile_prefers_records_measured_on_its_own_cpu(tmp_path):
     fallback = tune.apply_database(tmp_path, elsewhere).query_tuning_record(mod, elsewhere,
                                                                             "main")
     assert [float(s) for s in fallback.run_secs] == [1e-6]
+
+
+@pytest.mark.parametrize("line,fragment", [
+    ('[0, [[], [1e-05], {"kind": "llvm"}\n', f"{tune.RECORD_FILE}:1: corrupt tuning record"),
+    ('[0, "schedule"]\n', "record 1 is not a MetaSchedule tuning record"),
+    ('[3, [[], [1e-05], {"kind": "llvm"}, []]]\n', "record 1 names workload 3, but"),
+    ('[0, [[], [1e-05], {"kind": "no-such-kind"}, []]]\n', "record 1 has a target TVM rejects"),
+])
+def test_compile_names_a_bad_record(line, fragment, tmp_path):
+    """compile reads a database's lines itself (parsing every schedule took 45 s a compile):
+    a line it cannot use is named in one line, before any build."""
+    db = _make_db(tmp_path / "db")
+    (db / tune.WORKLOAD_FILE).write_text('["1", "x"]\n')
+    (db / tune.RECORD_FILE).write_text(line)
+    result = invoke("compile", "shufflenet_v1_g3_0.25x", "--input-size", "64x64", "--db",
+                    str(db), "-o", str(tmp_path / "out"))
+    assert_one_line_error(result, fragment)

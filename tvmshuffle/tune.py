@@ -37,7 +37,7 @@ from typing import Callable, Iterator
 import tvm
 
 from . import pipeline, toolchain
-from .errors import DatabaseError
+from .errors import DatabaseError, first_line
 from .remote import TrackerConfig
 from .target import TargetConfig
 
@@ -197,23 +197,28 @@ def select(tasks: list[Task], ops: tuple[str, ...]) -> list[Task]:
 # ------------------------------------------------------------------------------------- database
 
 
+def _json_lines(path: Path) -> Iterator[tuple[bytes, object]]:
+    """(line, parsed) for each non-blank line of a database file; a corrupt or truncated line
+    is reported with its file and line number instead of being dropped with the rest."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield line, json.loads(line)
+            except ValueError as err:
+                raise DatabaseError(
+                    f"{path}:{number}: corrupt tuning record ({err.__class__.__name__}); "
+                    "fix or delete that line, the other records are intact") from err
+
+
 def check_database(db_dir: Path) -> None:
-    """Every line of both database files must be a JSON record: a corrupt or truncated line is
-    reported with its file and line number instead of being dropped with the rest."""
+    """Every line of both database files must be a JSON record (DatabaseError naming the
+    first that is not)."""
     for name in (WORKLOAD_FILE, RECORD_FILE):
-        path = db_dir / name
-        if not path.exists():
-            continue
-        with open(path, "rb") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    json.loads(line)
-                except ValueError as err:
-                    raise DatabaseError(
-                        f"{path}:{number}: corrupt tuning record ({err.__class__.__name__}); "
-                        "fix or delete that line, the other records are intact") from err
+        if (db_dir / name).exists():
+            for _ in _json_lines(db_dir / name):
+                pass
 
 
 def open_database(db_dir: Path):
@@ -734,23 +739,54 @@ def _located(db_dir: Path) -> Path | None:
 def apply_database(db_dir: Path, target: tvm.target.Target):
     """The database to compile for ``target`` with (``compile --db``), after checking it: per
     kernel, the fastest record measured with ``target`` when there is one, else the fastest of
-    all (measured on another CPU: those times do not compare with times measured here)."""
+    all (measured on another CPU: those times do not compare with times measured here).
+
+    The picks are made on the files' JSON lines, so only the picked schedules are parsed by
+    TVM: parsing all of a shipped database's records took 45 s a compile."""
     from tvm.s_tir import meta_schedule as ms
 
     if not (db_dir / RECORD_FILE).exists():
         raise DatabaseError(f"no tuning database in {db_dir} (expected {RECORD_FILE})")
+    workloads = []  # the lines of the workload file
+    if (db_dir / WORKLOAD_FILE).exists():
+        workloads = [line.rstrip(b"\n") + b"\n" for line, _ in _json_lines(db_dir / WORKLOAD_FILE)]
     target_str = str(target)
-    best: dict = {}  # workload -> (measured with target, ms, record)
-    for record in open_database(db_dir).get_all_tuning_records():
-        time_ms = mean_ms(record.run_secs)
+    same_target: dict[str, bool] = {}  # a record's target, as JSON -> is it ``target``
+    best: dict[int, tuple] = {}  # workload index -> (rank, the record's JSON)
+    for number, (_, fields) in enumerate(_json_lines(db_dir / RECORD_FILE), 1):
+        try:
+            index, record = fields
+            _, run_secs, record_target, _ = record
+            time_ms = mean_ms(run_secs)
+        except (TypeError, ValueError) as err:
+            raise DatabaseError(f"{db_dir / RECORD_FILE}: record {number} is not a MetaSchedule "
+                                f"tuning record ({err.__class__.__name__})") from err
         if time_ms is None:
             continue
-        rank = (str(record.target) != target_str, time_ms)  # own target first, then fastest
-        if record.workload not in best or rank < best[record.workload][0]:
-            best[record.workload] = (rank, record)
+        if not (isinstance(index, int) and 0 <= index < len(workloads)):
+            raise DatabaseError(f"{db_dir / RECORD_FILE}: record {number} names workload "
+                                f"{index}, but {WORKLOAD_FILE} has {len(workloads)}")
+        key = json.dumps(record_target, sort_keys=True)
+        if key not in same_target:
+            try:
+                same_target[key] = str(tvm.target.Target(record_target)) == target_str
+            except Exception as err:  # TVM raises ValueError, TVMError...
+                raise DatabaseError(f"{db_dir / RECORD_FILE}: record {number} has a target TVM "
+                                    f"rejects: {first_line(err)}") from err
+        rank = (not same_target[key], time_ms)  # own target first, then fastest
+        if index not in best or rank < best[index][0]:
+            best[index] = (rank, record)
     picked = ms.database.MemoryDatabase()
-    for workload, (_, record) in best.items():
-        picked.commit_tuning_record(ms.database.TuningRecord(
-            record.trace, picked.commit_workload(workload.mod), record.run_secs, record.target,
-            record.args_info))
+    with tempfile.TemporaryDirectory(prefix="tvmshuffle-picks-") as tmp:
+        order = sorted(best)
+        Path(tmp, WORKLOAD_FILE).write_bytes(b"".join(workloads[i] for i in order))
+        with open(Path(tmp, RECORD_FILE), "w") as f:
+            for new_index, old_index in enumerate(order):
+                f.write(json.dumps([new_index, best[old_index][1]]) + "\n")
+        picks = ms.database.JSONDatabase(path_workload=str(Path(tmp, WORKLOAD_FILE)),
+                                         path_tuning_record=str(Path(tmp, RECORD_FILE)))
+        for record in picks.get_all_tuning_records():
+            picked.commit_tuning_record(ms.database.TuningRecord(
+                record.trace, picked.commit_workload(record.workload.mod), record.run_secs,
+                record.target, record.args_info))
     return picked
