@@ -201,14 +201,15 @@ def select(tasks: list[Task], ops: tuple[str, ...]) -> list[Task]:
 
 
 def _json_lines(path: Path) -> Iterator[tuple[bytes, object]]:
-    """(line, parsed) for each non-blank line of a database file; a corrupt or truncated line
-    is reported with its file and line number instead of being dropped with the rest."""
+    """(line, parsed) for each non-blank line of a database file, the line ending in a newline
+    (the last one of a file may not); a corrupt or truncated line is reported with its file and
+    line number instead of being dropped with the rest."""
     with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                yield line, json.loads(line)
+                yield line.rstrip(b"\n") + b"\n", json.loads(line)
             except ValueError as err:
                 raise DatabaseError(
                     f"{path}:{number}: corrupt tuning record ({err.__class__.__name__}); "
@@ -224,21 +225,20 @@ def check_database(db_dir: Path) -> None:
                 pass
 
 
-def _prepare(db_dir: Path) -> None:
-    """Create ``db_dir`` if missing and check every line of its database."""
+def _make_dir(db_dir: Path) -> None:
     try:
         db_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DatabaseError(f"cannot create database directory {db_dir}: "
                             f"{err.strerror or err}") from err
-    check_database(db_dir)
 
 
 def open_database(db_dir: Path):
     """The JSON database in ``db_dir`` (created if missing), after checking every line."""
     from tvm.s_tir import meta_schedule as ms
 
-    _prepare(db_dir)
+    _make_dir(db_dir)
+    check_database(db_dir)
     return ms.database.JSONDatabase(path_workload=str(db_dir / WORKLOAD_FILE),
                                     path_tuning_record=str(db_dir / RECORD_FILE))
 
@@ -257,8 +257,13 @@ class TaskDatabase:
     def __init__(self, db_dir: Path, mods: list[tvm.IRModule]):
         from tvm.s_tir import meta_schedule as ms
 
-        _prepare(db_dir)
+        _make_dir(db_dir)
         workload_file, self._record_file = db_dir / WORKLOAD_FILE, db_dir / RECORD_FILE
+        # every line of both files is checked by the scans below (``_json_lines``), the
+        # workload file's before TVM reads it
+        workload_hashes = [str(fields[0]) if isinstance(fields, list) and fields else None
+                           for _, fields in _json_lines(workload_file)] \
+            if workload_file.exists() else []
         self._scratch = tempfile.TemporaryDirectory(prefix="tvmshuffle-records-")
         scratch = Path(self._scratch.name) / RECORD_FILE
         scratch.touch()
@@ -268,15 +273,12 @@ class TaskDatabase:
         hashes = {str(probe.commit_workload(mod).as_json()[0])
                   for mod in mods if probe.has_workload(mod)}
         del probe
-        indices = set()
-        if workload_file.exists():
-            indices = {i for i, (_, fields) in enumerate(_json_lines(workload_file))
-                       if isinstance(fields, list) and fields and str(fields[0]) in hashes}
+        indices = {i for i, shash in enumerate(workload_hashes) if shash in hashes}
         with open(scratch, "wb") as out:
             if self._record_file.exists():
                 for line, fields in _json_lines(self._record_file):
                     if isinstance(fields, list) and fields and fields[0] in indices:
-                        out.write(line.rstrip(b"\n") + b"\n")
+                        out.write(line)
         self._offset = scratch.stat().st_size  # what is already in db_dir's file
         self._scratch_file = scratch
         self._lock = threading.Lock()
@@ -824,7 +826,7 @@ def apply_database(db_dir: Path, target: tvm.target.Target):
         raise DatabaseError(f"no tuning database in {db_dir} (expected {RECORD_FILE})")
     workloads = []  # the lines of the workload file
     if (db_dir / WORKLOAD_FILE).exists():
-        workloads = [line.rstrip(b"\n") + b"\n" for line, _ in _json_lines(db_dir / WORKLOAD_FILE)]
+        workloads = [line for line, _ in _json_lines(db_dir / WORKLOAD_FILE)]
     target_str = str(target)
     same_target: dict[str, bool] = {}  # a record's target, as JSON -> is it ``target``
     best: dict[int, tuple] = {}  # workload index -> (rank, the record's JSON)
