@@ -70,6 +70,25 @@ def test_embedded_tune_writes_records_resumes_and_compiles(tmp_path):
     assert run["max_abs_err"] < 1e-4
 
 
+def test_tensor_intrinsics_are_registered_and_inspect_left_as_it_was():
+    """import_tensor_intrinsics (in a fresh process, with torch loaded as in the CLI) registers
+    the intrinsics MetaSchedule's rules name, for x86 and Arm, and leaves inspect's cache without
+    the file names it added."""
+    code = (
+        "import inspect, torch, tvm\n"
+        "from tvmshuffle import tune\n"
+        "from tvm.s_tir._tensor_intrin import TensorIntrin\n"
+        "assert TensorIntrin.get('dot_16x4_avx512', allow_missing=True) is None\n"
+        "tune.import_tensor_intrinsics()\n"
+        "assert TensorIntrin.get('dot_16x4_avx512') is not None\n"
+        "assert TensorIntrin.get('dot_4x4_i8i8s32_sdot') is not None\n"
+        "assert not set(tune._NO_MODULE_FILES) & set(inspect.modulesbyfile)\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.stdout.strip() == "ok", done.stderr
+
+
 def test_a_task_that_stops_improving_stops_early(tracker, tmp_path):
     """--patience: a task whose last measured batch brought no 1% gain ends before its budget
     and is reported converged; a task never ends early without that flag."""

@@ -26,11 +26,13 @@ record measured with its own target when there is one, else the best of all.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import math
 import os
 import statistics
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -545,6 +547,34 @@ def keep_untuned_if_faster(database, task: Task, run_secs: list[float],
     return True
 
 
+# Files of stack frames that no module is loaded from: importlib's frozen modules, the code
+# TVMScript's parser evaluates, and `python -c`. Never keys of sys.modules, so inspect finds no
+# module for them, as its scan of sys.modules does.
+_NO_MODULE_FILES = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>",
+                    "<ast>", "<string>")
+
+
+def import_tensor_intrinsics() -> None:
+    """Import ``tvm.s_tir.tensor_intrin`` (MetaSchedule's TuneContext does, to register the
+    intrinsics its schedule rules name) in about 3 s instead of 30-60.
+
+    Each of its ~500 TVMScript functions calls ``inspect.stack()``, which asks
+    ``inspect.getmodule`` for every frame's module; for a frame whose file is not on disk (the
+    frozen importlib frames of any import, TVMScript's "<ast>") it scans all of sys.modules
+    (about 2,000 with torch loaded) and finds none. Telling inspect's file-to-module cache that
+    these files have no module gives the same answer without the scans."""
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+    added = [name for name in _NO_MODULE_FILES if name not in inspect.modulesbyfile]
+    for name in added:
+        inspect.modulesbyfile[name] = name
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+    finally:
+        for name in added:
+            inspect.modulesbyfile.pop(name, None)
+
+
 def _task_logger(db_dir: Path, task: Task) -> logging.Logger:
     """A file logger per task in the database's logs/ folder. MetaSchedule's own helper
     reconfigures logging globally and logs every trial to stdout, which carries --json."""
@@ -674,6 +704,7 @@ def tune(mod: tvm.IRModule, config: TuneConfig, tracker: TrackerConfig, devices:
     KeyboardInterrupt: the database keeps every record, a re-run resumes."""
     import xgboost  # noqa: F401 - imported here, not inside a callback that Ctrl-C may hit
 
+    import_tensor_intrinsics()
     progress = progress or Progress()
     settle_method(config.db_dir, config.method.prepack, config.method.flush_caches)  # a mix?
     tasks = select(extract_tasks(mod, config), config.ops)
