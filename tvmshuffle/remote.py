@@ -117,17 +117,22 @@ def embedded_device(threads: int = 1, key: str = EMBEDDED_KEY,
     on error). The server's TVM thread pool has ``threads`` threads."""
     port = _free_port()
     env = {**os.environ, "TVM_NUM_THREADS": str(threads)}
+    config = TrackerConfig(LOOPBACK, port, key)
     tracker = _spawn(["tvm.exec.rpc_tracker", "--host", LOOPBACK, "--port", str(port),
                       "--port-end", str(port + 1), "--silent"], env)
     server = None
     try:
-        config = TrackerConfig(LOOPBACK, port, key)
-        _wait(lambda: summary(config, timeout=1.0), tracker, ready_timeout, "tracker")
+        # the server starts while the tracker is still starting: each is a Python importing TVM
+        # that starts a worker Python importing it again (seconds each). Once the tracker has
+        # its worker it is one import from listening and the server two from registering;
+        # a server that comes first retries after 5 s.
+        _wait(lambda: _started_worker(tracker, config), {"tracker": tracker}, ready_timeout)
         server_port = _free_port()
         server = _spawn(["tvm.exec.rpc_server", "--host", LOOPBACK, "--port", str(server_port),
                          "--port-end", str(server_port + 50), "--tracker", config.address,
                          "--key", key, "--silent"], env)
-        _wait(lambda: free_devices(config, timeout=1.0), server, ready_timeout, "device server")
+        _wait(lambda: free_devices(config, timeout=1.0),
+              {"tracker": tracker, "device server": server}, ready_timeout)
         log.info("embedded tracker %s with device key '%s'", config.address, key)
         yield config
     finally:
@@ -136,16 +141,29 @@ def embedded_device(threads: int = 1, key: str = EMBEDDED_KEY,
         _stop(tracker)
 
 
-def _wait(probe, proc: subprocess.Popen, timeout: float, what: str) -> None:
+def _started_worker(tracker: subprocess.Popen, config: TrackerConfig) -> None:
+    """DeviceError until the tracker process has a child (its worker) or answers."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        if psutil.Process(tracker.pid).children():
+            return
+    summary(config, timeout=1.0)
+
+
+def _wait(probe, procs: dict[str, subprocess.Popen], timeout: float) -> None:
+    """Until ``probe`` stops raising DeviceError; DeviceError if one of ``procs`` (by what it
+    is) exits first or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while True:
-        if proc.poll() is not None:
-            raise DeviceError(f"the embedded {what} exited with code {proc.returncode}")
+        for what, proc in procs.items():
+            if proc.poll() is not None:
+                raise DeviceError(f"the embedded {what} exited with code {proc.returncode}")
         try:
             probe()
             return
         except DeviceError as err:
             if time.monotonic() > deadline:
-                raise DeviceError(f"the embedded {what} was not ready after "
+                raise DeviceError(f"the embedded {' and '.join(procs)} were not ready after "
                                   f"{timeout:g} s") from err
             time.sleep(0.2)
