@@ -556,12 +556,13 @@ _NO_MODULE_FILES = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstr
 
 def import_tensor_intrinsics() -> None:
     """Import ``tvm.s_tir.tensor_intrin`` (MetaSchedule's TuneContext does, to register the
-    intrinsics its schedule rules name) in about 3 s instead of 30-60.
+    intrinsics its schedule rules name) in about 4 s instead of 35-65
+    (``benchmarks/intrin_import.py``).
 
     Each of its ~500 TVMScript functions calls ``inspect.stack()``, which asks
     ``inspect.getmodule`` for every frame's module; for a frame whose file is not on disk (the
-    frozen importlib frames of any import, TVMScript's "<ast>") it scans all of sys.modules
-    (about 2,000 with torch loaded) and finds none. Telling inspect's file-to-module cache that
+    frozen importlib frames of any import, TVMScript's "<ast>", ``python -c``) it scans all of
+    sys.modules (about 2,000 with torch loaded) and finds none. Telling inspect's file-to-module cache that
     these files have no module gives the same answer without the scans."""
     if "tvm.s_tir.tensor_intrin" in sys.modules:
         return
