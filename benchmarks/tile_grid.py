@@ -7,8 +7,8 @@ a kernel of ``passes/group_axis.py`` (loops n, h, w, g, o and the reduction k, t
 MetaSchedule's SSRSRS rule: four levels per spatial loop, two for k) and re-times its schedule
 with the tile decisions of h, w, o and k replaced by every combination of: the two inner levels
 of h and of w in {1, 2, 7, 14} (the rest of h at the second level, of w at the first), the two
-inner levels of o from {1, 2, 5} x {4, 8, 10, 16, 20, 40} (the rest at the second level), the inner level
-of k in {1, 4, 8}; kept when the output tile holds 4-28 16-lane vectors and at most 28 pixels.
+inner levels of o from {1, 2, 5} x {4, 8, 10, 16, 20, 40} (the rest at the second level), the
+inner level of k in {1, 4, 8}; kept when the output tile holds 4-28 16-lane vectors and at most 28 pixels.
 Each is timed hot and cold (``cold_cache.time_both``: weights, bias, residual and output
 flushed from the caches before each call, as in the network). The cold-fastest and the starting
 record are then timed again, alternately, ``--check`` times each; with ``--commit`` the pick is

@@ -164,6 +164,7 @@ def _wait(probe, procs: dict[str, subprocess.Popen], timeout: float) -> None:
             return
         except DeviceError as err:
             if time.monotonic() > deadline:
-                raise DeviceError(f"the embedded {' and '.join(procs)} were not ready after "
+                were = "were" if len(procs) > 1 else "was"
+                raise DeviceError(f"the embedded {' and '.join(procs)} {were} not ready after "
                                   f"{timeout:g} s") from err
             time.sleep(0.2)

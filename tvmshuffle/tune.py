@@ -562,8 +562,8 @@ def import_tensor_intrinsics() -> None:
     Each of its ~500 TVMScript functions calls ``inspect.stack()``, which asks
     ``inspect.getmodule`` for every frame's module; for a frame whose file is not on disk (the
     frozen importlib frames of any import, TVMScript's "<ast>", ``python -c``) it scans all of
-    sys.modules (about 2,000 with torch loaded) and finds none. Telling inspect's file-to-module cache that
-    these files have no module gives the same answer without the scans."""
+    sys.modules (about 2,000 with torch loaded) and finds none. Telling inspect's file-to-module
+    cache that these files have no module gives the same answer without the scans."""
     if "tvm.s_tir.tensor_intrin" in sys.modules:
         return
     added = [name for name in _NO_MODULE_FILES if name not in inspect.modulesbyfile]
@@ -593,6 +593,7 @@ def _task_logger(db_dir: Path, task: Task) -> logging.Logger:
 def _context(task: Task, config: TuneConfig, budget: int):
     from tvm.s_tir import meta_schedule as ms
 
+    import_tensor_intrinsics()  # before TuneContext imports them, once, when a task is tuned
     return ms.TuneContext(mod=task.extracted.dispatched[0], target=task.extracted.target,
                           space_generator="post-order-apply", search_strategy=_search(budget),
                           task_name=task.name, logger=_task_logger(config.db_dir, task),
@@ -705,7 +706,6 @@ def tune(mod: tvm.IRModule, config: TuneConfig, tracker: TrackerConfig, devices:
     KeyboardInterrupt: the database keeps every record, a re-run resumes."""
     import xgboost  # noqa: F401 - imported here, not inside a callback that Ctrl-C may hit
 
-    import_tensor_intrinsics()
     progress = progress or Progress()
     settle_method(config.db_dir, config.method.prepack, config.method.flush_caches)  # a mix?
     tasks = select(extract_tasks(mod, config), config.ops)
