@@ -111,6 +111,44 @@ def test_tune_through_an_explicit_tracker(tracker, tmp_path):
     assert any(t["tuned_ms"] for t in data["tasks"])
 
 
+def _schedules(lines: list[bytes]) -> list[tuple[int, str]]:
+    """(workload, the trace up to its postprocessing with its decisions) of each record."""
+    found = []
+    for line in lines:
+        workload, (trace, *_) = json.loads(line)
+        insts, decisions = trace
+        kinds = [inst[0] for inst in insts]
+        end = kinds.index("EnterPostproc") if "EnterPostproc" in kinds else len(insts)
+        found.append((workload, json.dumps([insts[:end], [d for d in decisions if d[0] < end]])))
+    return found
+
+
+def test_refine_times_tile_neighbours_of_the_best_once(tracker, tmp_path):
+    """--refine: after the search, neighbours of each task's best schedule are timed on the
+    same device and appended (but those faster warm and slower with the caches flushed); a
+    re-run times others, never a schedule the database holds."""
+    db = tmp_path / "db"
+    args = ("--ops", "depthwise", "--trials", "4", "--db", str(db), "--rpc-tracker",
+            tracker.address, "--rpc-key", tracker.key, "--refine", "3")
+    first = tune_json(*args)
+    refined = [t for t in first["tasks"] if t["refined"]]
+    assert refined and all(t["refined"] <= 3 for t in first["tasks"])
+    for task in refined:
+        assert task["tuned_ms"] <= task["refined_from_ms"]
+        assert task["trials_run"] > task["refined"] - task["refined_rejected"], "searched first"
+    lines = record_lines(db)
+    assert len(lines) == sum(t["trials_run"] + t["kept_untuned"] for t in first["tasks"])
+
+    again = tune_json(*args)
+    assert sum(t["trials_run"] for t in again["tasks"]) == sum(
+        t["refined"] - t["refined_rejected"] for t in again["tasks"]), "only neighbours"
+    assert any(t["refined"] for t in again["tasks"])
+    after = record_lines(db)
+    assert after[:len(lines)] == lines, "appended, nothing rewritten"
+    schedules = _schedules(after)
+    assert len(set(schedules)) == len(schedules), "no schedule timed twice"
+
+
 def test_unreachable_tracker_fails_fast(tmp_path):
     """A tracker nobody listens on is reported in one line within the timeout."""
     start = time.monotonic()

@@ -260,6 +260,12 @@ def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dum
 @click.option("--patience", default=64, show_default=True, type=click.IntRange(min=0),
               help="Stop a task early after this many trials in a row without a 1% gain "
                    "(0: spend every task's whole budget).")
+@click.option("--refine", default=0, show_default=True, type=click.IntRange(min=0),
+              help="After each task's search, time up to this many neighbours of its best "
+                   "schedule that the database lacks: other register blocks (the output tile "
+                   "kept in vector registers), then other inner reduction splits. The random "
+                   "search often stops at a block of half a vector; re-running refines around "
+                   "the new best.")
 @click.option("--prepack/--no-prepack", default=None,
               help="Let schedules ask for the weights in a layout of their own, repacked once "
                    "when the library is built (default: the database's method; off for a new "
@@ -275,8 +281,8 @@ def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dum
 @android_api_option
 @json_option
 def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_task, ops, db,
-         timeout, patience, prepack, flush_caches, input_size, no_fuse_shuffle, layout, threads,
-         android_api, as_json) -> None:
+         timeout, patience, refine, prepack, flush_caches, input_size, no_fuse_shuffle, layout,
+         threads, android_api, as_json) -> None:
     """Auto-tune MODEL's kernels with MetaSchedule (XGBoost cost model) on devices from a TVM RPC
     tracker, appending records to a database that `tvmshuffle compile --db` applies.
 
@@ -299,7 +305,8 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
     config = tuning.TuneConfig(config_target, db, trials, trials_per_task, kinds, float(timeout),
                                not no_fuse_shuffle, layout.upper(), android_api=android_api,
                                patience=patience or None,
-                               method=tuning.settle_method(db, prepack, flush_caches))
+                               method=tuning.settle_method(db, prepack, flush_caches),
+                               refine=refine)
     with report.step(f"importing {model}", quiet=as_json):
         imported = frontends.load(frontends.ModelSpec(model, input_size))
     start = _time.perf_counter()

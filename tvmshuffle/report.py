@@ -201,6 +201,9 @@ class TuneProgress:
                                           best="" if budget else "at budget: resumed")
         self.done = 0
 
+    def refining(self, task, count: int) -> None:
+        self.bars.update(self.current, best=f"timing up to {count} tile neighbours")
+
     def trials(self, task, done: int, best_ms) -> None:
         best = f"best {best_ms:.4f} ms" if best_ms is not None else "no valid run yet"
         self.bars.update(self.current, completed=done, best=best)
@@ -227,7 +230,8 @@ def tune_json(results, config, tracker_address: str, key: str, wall_s: float) ->
             "mflops": round(r.task.macs / 1e6, 3), "trials_before": r.trials_before,
             "trials_run": r.trials_run, "untuned_ms": r.untuned_ms, "tuned_ms": r.tuned_ms,
             "speedup": r.speedup, "converged": r.converged, "kept_untuned": r.kept_untuned,
-            "remeasured": r.remeasured,
+            "remeasured": r.remeasured, "refined": r.refined,
+            "refined_rejected": r.refined_rejected, "refined_from_ms": r.refined_from_ms,
         } for r in results],
     }
 
@@ -253,6 +257,10 @@ def tune_table(data: dict) -> None:
                        if row.get("remeasured") else ")")
         if row.get("converged"):
             trials += " (converged)"
+        if row.get("refined"):
+            trials += f" ({row['refined']} tile neighbours timed"
+            trials += (f", {row['refined_rejected']} of them faster warm but not cold: not "
+                       "recorded)" if row.get("refined_rejected") else ")")
         if row.get("kept_untuned"):
             trials += " (untuned kept: faster)"
         table.add_row(row["name"], row["kind"], f"{row['mflops']:.2f}", str(row["weight"]),

@@ -35,13 +35,13 @@ import statistics
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
 import tvm
 
-from . import pipeline, toolchain
+from . import pipeline, tiles, toolchain
 from .errors import DatabaseError, first_line
 from .remote import TrackerConfig
 from .target import TargetConfig
@@ -98,6 +98,9 @@ class TuneConfig:
     patience: int | None = 64
     # how candidates are made and timed: a database holds records of one (settle_method)
     method: Method = DEFAULT_METHOD
+    # after its search, time up to this many tile neighbours of each task's best schedule
+    # (tiles.py) that the database does not hold yet
+    refine: int = 0
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,9 @@ class TaskResult:
     converged: bool = False  # stopped early: `patience` trials without a 1% gain
     kept_untuned: bool = False  # TVM's unscheduled kernel beat every candidate: recorded as best
     remeasured: int = 0  # schedules measured on another CPU, re-timed here (in trials_before)
+    refined: int = 0  # tile neighbours of the best schedule timed (``refine``)
+    refined_rejected: int = 0  # of those, faster warm but slower cold: not recorded
+    refined_from_ms: float | None = None  # the best before they were
 
     @property
     def speedup(self) -> float | None:
@@ -135,6 +141,8 @@ class Progress:
     def start(self, tasks: list[Task], budget: dict[str, int]) -> None: ...
 
     def task_started(self, task: Task, budget: int) -> None: ...
+
+    def refining(self, task: Task, count: int) -> None: ...
 
     def trials(self, task: Task, done: int, best_ms: float | None) -> None: ...
 
@@ -547,6 +555,122 @@ def keep_untuned_if_faster(database, task: Task, run_secs: list[float],
     return True
 
 
+def _signature(trace) -> str:
+    """A schedule's instructions with their decisions, postprocessing left out: two records with
+    one signature are the same candidate."""
+    return "\n".join(trace.as_python(remove_postproc=True))
+
+
+def _with_tiles(context, trace, insts: list, decisions: list[list[int]]):
+    """The schedule ``trace`` makes with the tile ``decisions`` at ``insts``, postprocessed as
+    MetaSchedule postprocesses a candidate; None when a step or a postprocessor rejects it."""
+    from tvm import s_tir
+
+    for inst, decision in zip(insts, decisions):
+        trace = trace.with_decision(inst, decision, remove_postproc=True)
+    mod = context.mod
+    sch = s_tir.Schedule(mod)
+    try:
+        trace.apply_to_schedule(sch, remove_postproc=True)
+        sch.enter_postproc()
+        if not all(postproc.apply(sch) for postproc in context.space_generator.postprocs):
+            return None
+    except (tvm.TVMError, ValueError, RuntimeError) as err:
+        log.debug("tile decisions %s rejected: %s", decisions, first_line(str(err)))
+        return None
+    return sch
+
+
+def _timed(builder, runner, kernels: list, name: str) -> dict[int, list[float] | None]:
+    """Run seconds of each kernel that built (None for a failed run), by index."""
+    found = {}
+    for i, step, error, secs in _build_and_run(builder, runner, kernels):
+        if step == "build":
+            log.warning("a tile neighbour of %s failed to build: %s", name, error)
+        else:
+            found[i] = secs
+    return found
+
+
+def refine(task: Task, context, database, builder, runner, budget: int, stop: threading.Event,
+           cold_runner=None) -> tuple[int, int, float | None]:
+    """Time up to ``budget`` tile neighbours (``tiles``) of the task's best schedule that the
+    database does not hold, through the same builder and runner as the search, and record them:
+    first other register blocks, then, around the best so far, other inner reduction splits.
+
+    With ``cold_runner`` (a database timed warm), a neighbour faster than the best is timed
+    again with the caches flushed, beside the best, and recorded only if no slower so: in the
+    network a kernel finds its weights out of the caches, and a register block faster warm can
+    be slower there. A neighbour left out is timed again by a later refine. Returns (neighbours
+    timed, of them not recorded, best ms before). Nothing for a schedule not tiled SSRSRS (an
+    untuned kernel kept as best, a pooling) or a task with no record."""
+    from tvm.s_tir import meta_schedule as ms
+
+    target = task.extracted.target
+    records = [r for r in _records(database, task, target) if mean_ms(r.run_secs) is not None]
+    if not records or budget <= 0:
+        return 0, 0, None
+    best = min(records, key=lambda r: mean_ms(r.run_secs))
+    start_ms = mean_ms(best.run_secs)
+    seen = {_signature(r.trace) for r in _workload_records(database, task)}
+    regs = tiles.registers(target)
+    workload = database.commit_workload(task.extracted.dispatched[0])
+    args_info = best.args_info
+    timed = unrecorded = 0
+    for stage in ("register blocks", "reduction splits"):
+        if stop.is_set() or timed >= budget:
+            break
+        insts = [i for i in best.trace.insts if i.kind.name == "SamplePerfectTile"]
+        decisions = [[int(v) for v in best.trace.decisions[i]] for i in insts]
+        room = budget - timed
+        if stage == "register blocks":
+            neighbours = tiles.register_blocks(decisions, regs)
+            # up to a quarter of the budget is left for the reduction splits
+            room -= min(len(tiles.reduction_splits(decisions)), budget // 4)
+        else:
+            neighbours = tiles.reduction_splits(decisions)
+        batch = []
+        for candidate in neighbours:
+            if len(batch) >= room:
+                break
+            sch = _with_tiles(context, best.trace, insts, candidate)
+            if sch is not None and _signature(sch.trace) not in seen:
+                seen.add(_signature(sch.trace))
+                batch.append(sch)
+        if not batch:
+            continue
+        secs = _timed(builder, runner, [(sch.mod, target, args_info) for sch in batch],
+                      task.name)
+        timed += len(secs)
+        best_ms_now = mean_ms(best.run_secs)
+        faster = [i for i, s in secs.items() if mean_ms(s) is not None
+                  and mean_ms(s) < best_ms_now]
+        rejected = set()
+        if cold_runner is not None and faster:
+            cold = _timed(builder, cold_runner, [
+                (best.as_measure_candidate().sch.mod, target, args_info),
+                *((batch[i].mod, target, args_info) for i in faster)], task.name)
+            best_cold = mean_ms(cold.get(0))
+            for n, i in enumerate(faster, start=1):
+                pick_cold = mean_ms(cold.get(n))
+                if best_cold is None or pick_cold is None or pick_cold > best_cold:
+                    rejected.add(i)
+                    log.info("%s: a %s neighbour %.4f ms warm against %.4f, but %s cold "
+                             "against %s: not recorded", task.name, stage, mean_ms(secs[i]),
+                             best_ms_now, pick_cold, best_cold)
+        unrecorded += len(rejected)
+        for i, s in secs.items():
+            if i in rejected:
+                continue
+            # a failed run is recorded as MetaSchedule records one: never picked or retried
+            record = ms.database.TuningRecord(batch[i].trace, workload, s or [1e10], target,
+                                              args_info)
+            database.commit_tuning_record(record)
+            if s and mean_ms(s) is not None and mean_ms(s) < mean_ms(best.run_secs):
+                best = record
+    return timed, unrecorded, start_ms
+
+
 # Files of stack frames that no module is loaded from: importlib's frozen modules, the code
 # TVMScript's parser evaluates, and `python -c`. Never keys of sys.modules, so inspect finds no
 # module for them, as its scan of sys.modules does.
@@ -752,6 +876,10 @@ def _tune_tasks(tasks: list[Task], config: TuneConfig, view: TaskDatabase,
 
     database = view.database
     builder, runner = _builder(config), _runner(config, tracker, devices)
+    cold_runner = None  # refine's second look at warm winners, with the caches flushed
+    if config.refine and not config.method.flush_caches:
+        cold_runner = _runner(replace(config, method=replace(config.method, flush_caches=True)),
+                              tracker, devices)
     remeasured = remeasure(tasks, database, builder, runner, progress)
     view.sync()
     if stop.is_set():
@@ -793,6 +921,12 @@ def _tune_tasks(tasks: list[Task], config: TuneConfig, view: TaskDatabase,
                 log.info("%s: no 1%% gain in %d trials, stopped early", task.name,
                          config.patience)
                 result.converged = True
+        if config.refine and not stop.is_set():
+            progress.refining(task, config.refine)
+            result.refined, result.refined_rejected, result.refined_from_ms = refine(
+                task, _context(task, config, 1), database, builder, runner, config.refine, stop,
+                cold_runner)
+            view.sync()
         records = _records(database, task, target)  # one scan of the database per task
         result.trials_run = len(records) - before
         result.tuned_ms = best_ms(records)
