@@ -18,7 +18,9 @@ hot and cold in those medians and, so timed, faster than the time stored with th
 record (the time `compile` picks by).
 
 (A coordinate descent over every split of one loop at a time, tried first, stopped in local
-minima: the better tiles change h, o and k together.)
+minima: the better tiles change h, o and k together.) The product's version of this is
+``tvmshuffle tune --refine N`` (``tvmshuffle/tiles.py``): register blocks of any SSRSRS-tiled
+kernel, timed by the tracker's runner; this script stays as the wider, in-process grid.
 
     python benchmarks/tile_grid.py TASK [TASK ...] [--model shufflenet_v1_g3_1.0x]
         [--db schedules/host-znver5] [--check 3] [--commit]
