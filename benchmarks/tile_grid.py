@@ -8,8 +8,8 @@ MetaSchedule's SSRSRS rule: four levels per spatial loop, two for k) and re-time
 with the tile decisions of h, w, o and k replaced by every combination of: the two inner levels
 of h and of w in {1, 2, 7, 14} (the rest of h at the second level, of w at the first), the two
 inner levels of o from {1, 2, 5} x {4, 8, 10, 16, 20, 40} (the rest at the second level), the
-inner level of k in {1, 4, 8}; kept when the output tile holds 4-28 16-lane vectors and at most 28 pixels.
-Each is timed hot and cold (``cold_cache.time_both``: weights, bias, residual and output
+inner level of k in {1, 4, 8}; kept when the output tile holds 4-28 16-lane vectors and at most
+28 pixels. Each is timed hot and cold (``cold_cache.time_both``: weights, bias, residual and output
 flushed from the caches before each call, as in the network). The cold-fastest and the starting
 record are then timed again, alternately, ``--check`` times each; with ``--commit`` the pick is
 appended to the database as a record of this target with its hot times (as tune's runner
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import statistics
 import time
 from pathlib import Path
@@ -56,7 +57,7 @@ def with_decisions(trace, tiles, decisions):
 def grid(decisions: list[list[int]]) -> list[list[list[int]]]:
     """The tile decisions tried, from the starting record's (n, h, w, g, o, k)."""
     n, h, w, g, o, k = decisions
-    hn, wn, on, kn = (_product(d) for d in (h, w, o, k))
+    hn, wn, on, kn = (math.prod(d) for d in (h, w, o, k))
     found = []
     pixel_tiles = (1, 2, 7, 14)
     for h3, h2, w3, w2, o3, o2, k1 in itertools.product(
@@ -70,13 +71,6 @@ def grid(decisions: list[list[int]]) -> list[list[list[int]]]:
         found.append([n, [1, hn // (h3 * h2), h2, h3], [wn // (w3 * w2), 1, w2, w3], g,
                       [1, on // (o3 * o2), o2, o3], [kn // k1, k1]])
     return found
-
-
-def _product(values) -> int:
-    result = 1
-    for v in values:
-        result *= v
-    return result
 
 
 def search(mod, best, tgt, console: Console):

@@ -38,7 +38,7 @@ def registers(target) -> Registers:
     """Of a TVM LLVM target: AVX-512 32 x 16, AVX2 16 x 8, AArch64 NEON 32 x 4, else 16 x 4."""
     import tvm
 
-    triple = str(target.attrs.get("mtriple", "")) if "mtriple" in target.attrs else ""
+    triple = str(target.attrs.get("mtriple", ""))
     if triple.startswith(("aarch64", "arm64")):
         return Registers(32, 4)
     if triple.startswith("arm"):
@@ -51,17 +51,16 @@ def registers(target) -> Registers:
     return Registers(16, 4)
 
 
-def split_levels(decisions: list[list[int]]) -> tuple[int, int] | None:
-    """(spatial, reduction) loop counts when the tile decisions are SSRSRS's (spatial loops of
+def split_levels(decisions: list[list[int]]) -> int | None:
+    """How many spatial loops lead the tile decisions when they are SSRSRS's (spatial loops of
     four levels, then reduction loops of two), else None."""
     lengths = [len(d) for d in decisions]
     spatial = 0
     while spatial < len(lengths) and lengths[spatial] == SPATIAL_LEVELS:
         spatial += 1
-    reduction = len(lengths) - spatial
     if spatial == 0 or any(n != REDUCTION_LEVELS for n in lengths[spatial:]):
         return None
-    return spatial, reduction
+    return spatial
 
 
 def _divisors(n: int) -> list[int]:
@@ -78,10 +77,9 @@ def register_blocks(decisions: list[list[int]], regs: Registers) -> list[list[li
     """Decisions with every register block (S3 levels) that fits ``regs``, the reduction as in
     ``decisions``; those nearest half the register file first (a block that leaves registers
     for the inputs), the start's own block excluded."""
-    levels = split_levels(decisions)
-    if levels is None:
+    spatial = split_levels(decisions)
+    if spatial is None:
         return []
-    spatial, _ = levels
     extents = [math.prod(d) for d in decisions[:spatial]]
     half = max(1, regs.lanes // 2)
     choices = []
@@ -108,10 +106,9 @@ def register_blocks(decisions: list[list[int]], regs: Registers) -> list[list[li
 def reduction_splits(decisions: list[list[int]]) -> list[list[list[int]]]:
     """Decisions with every inner factor (R1, up to 64) of each reduction loop, the spatial
     loops as in ``decisions``; the start's own excluded."""
-    levels = split_levels(decisions)
-    if levels is None:
+    spatial = split_levels(decisions)
+    if spatial is None:
         return []
-    spatial, _ = levels
     extents = [math.prod(d) for d in decisions[spatial:]]
     choices = [[d for d in _divisors(e) if d <= MAX_INNER_REDUCTION] for e in extents]
     start = tuple(d[1] for d in decisions[spatial:])
