@@ -592,9 +592,15 @@ def _timed(builder, runner, kernels: list, name: str) -> dict[int, list[float] |
     return found
 
 
+def _tile_decisions(trace) -> tuple[list, list[list[int]]]:
+    """(the SamplePerfectTile instructions of a trace, their decisions)."""
+    insts = [i for i in trace.insts if i.kind.name == "SamplePerfectTile"]
+    return insts, [[int(v) for v in trace.decisions[i]] for i in insts]
+
+
 def refine(task: Task, context, database, builder, runner, budget: int, stop: threading.Event,
            cold_runner=None) -> tuple[int, int, float | None]:
-    """Time up to ``budget`` tile neighbours (``tiles``) of the task's best schedule that the
+    """Time up to ``budget`` tile neighbours (``tiles``) of the task's fastest schedule that the
     database does not hold, through the same builder and runner as the search, and record them:
     first other register blocks, then, around the best so far, other inner reduction splits.
 
@@ -602,16 +608,18 @@ def refine(task: Task, context, database, builder, runner, budget: int, stop: th
     again with the caches flushed, beside the best, and recorded only if no slower so: in the
     network a kernel finds its weights out of the caches, and a register block faster warm can
     be slower there. A neighbour left out is timed again by a later refine. Returns (neighbours
-    timed, of them not recorded, best ms before). Nothing for a schedule not tiled SSRSRS (an
-    untuned kernel kept as best, a pooling) or a task with no record."""
+    timed, of them not recorded, the task's best ms before). The neighbours are those of the
+    fastest schedule tiled SSRSRS, also where an untuned kernel kept is faster still (one of them
+    may beat it); nothing for a task with no such record (a pooling, no record yet)."""
     from tvm.s_tir import meta_schedule as ms
 
     target = task.extracted.target
     records = [r for r in _records(database, task, target) if mean_ms(r.run_secs) is not None]
-    if not records or budget <= 0:
+    tiled = [r for r in records if tiles.split_levels(_tile_decisions(r.trace)[1]) is not None]
+    if not tiled or budget <= 0:
         return 0, 0, None
-    best = min(records, key=lambda r: mean_ms(r.run_secs))
-    start_ms = mean_ms(best.run_secs)
+    best = min(tiled, key=lambda r: mean_ms(r.run_secs))
+    start_ms = min(mean_ms(r.run_secs) for r in records)
     seen = {_signature(r.trace) for r in _workload_records(database, task)}
     regs = tiles.registers(target)
     workload = database.commit_workload(task.extracted.dispatched[0])
@@ -620,8 +628,7 @@ def refine(task: Task, context, database, builder, runner, budget: int, stop: th
     for stage in ("register blocks", "reduction splits"):
         if stop.is_set() or timed >= budget:
             break
-        insts = [i for i in best.trace.insts if i.kind.name == "SamplePerfectTile"]
-        decisions = [[int(v) for v in best.trace.decisions[i]] for i in insts]
+        insts, decisions = _tile_decisions(best.trace)
         room = budget - timed
         if stage == "register blocks":
             neighbours = tiles.register_blocks(decisions, regs)
