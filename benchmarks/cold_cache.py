@@ -25,7 +25,7 @@ import tvm
 from rich.console import Console
 from rich.table import Table
 
-from tvmshuffle import frontends, target, tune
+from tvmshuffle import frontends, records, target, tune
 
 CONV_KINDS = ("conv", "grouped", "depthwise")
 
@@ -63,15 +63,15 @@ def main() -> None:
     tc = target.resolve("host", threads=1)
     imported = frontends.load(frontends.ModelSpec(args.model,
                                                   frontends.parse_input_size(args.size)))
-    method = tune.database_method(args.db) or tune.LEGACY_METHOD
+    method = records.database_method(args.db) or records.LEGACY_METHOD
     tasks = tune.extract_tasks(imported.mod, tune.TuneConfig(tc, args.db, method=method))
-    database = tune.open_database(args.db)
+    database = records.open_database(args.db)
     picks = None
     if args.out_db:
         if args.out_db.exists() and any(args.out_db.iterdir()):
             parser.error(f"--out-db {args.out_db} is not empty: give a new directory")
-        picks = tune.open_database(args.out_db)
-        tune.write_method(args.out_db, method)  # compiled as the records were tuned
+        picks = records.open_database(args.out_db)
+        records.write_method(args.out_db, method)  # compiled as the records were tuned
 
     table = Table(title=f"{args.model}: best {args.top} records per task, hot / cold us")
     table.add_column("kernel")

@@ -1,8 +1,8 @@
 """What reading a tuning database costs `compile` and `tune`, against parsing all of it.
 
 MetaSchedule's JSONDatabase parses every record's schedule when it opens. `compile` instead
-picks one record per kernel from the JSON lines and parses those (``tune.apply_database``);
-`tune` parses the records of the kernels it tunes (``tune.TaskDatabase``). This times the
+picks one record per kernel from the JSON lines and parses those (``records.apply_database``);
+`tune` parses the records of the kernels it tunes (``records.TaskDatabase``). This times the
 three in one process, on the same database, and prints the ratios. Nothing is written to the
 database (``TaskDatabase`` appends only what is committed to it).
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tvmshuffle import frontends, target, tune
+from tvmshuffle import frontends, records, target, tune
 
 
 def _timed(work):
@@ -34,10 +34,10 @@ def main() -> None:
     parser.add_argument("--size", default="224x224")
     args = parser.parse_args()
     config = target.resolve("host", threads=1)
-    full, all_secs = _timed(lambda: tune.open_database(args.db))
+    full, all_secs = _timed(lambda: records.open_database(args.db))
     total = len(full.get_all_tuning_records())
     del full
-    picked, apply_secs = _timed(lambda: tune.apply_database(args.db, config.tvm_target))
+    picked, apply_secs = _timed(lambda: records.apply_database(args.db, config.tvm_target))
     table = Table(title=f"{args.db}: {total} records; parsing all of them took {all_secs:.1f} s")
     for column in ("reader", "records parsed", "s", "all / this"):
         table.add_column(column, justify="left" if column == "reader" else "right")
@@ -47,7 +47,7 @@ def main() -> None:
     for name in args.models.split(","):
         tasks = tune.extract_tasks(frontends.load(frontends.ModelSpec(name, size)).mod,
                                    tune.TuneConfig(config, args.db))
-        view, secs = _timed(lambda: tune.TaskDatabase(
+        view, secs = _timed(lambda: records.TaskDatabase(
             args.db, [task.extracted.dispatched[0] for task in tasks]))
         table.add_row(f"tune {name} ({len(tasks)} tasks)",
                       str(len(view.database.get_all_tuning_records())), f"{secs:.1f}",

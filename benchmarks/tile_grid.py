@@ -38,7 +38,7 @@ from pathlib import Path
 from cold_cache import time_both
 from rich.console import Console
 
-from tvmshuffle import frontends, target, tune
+from tvmshuffle import frontends, records, target, tune
 
 
 class _Traced:
@@ -112,23 +112,23 @@ def main() -> None:
     tgt = tc.tvm_target
     imported = frontends.load(frontends.ModelSpec(args.model,
                                                   frontends.parse_input_size(args.size)))
-    method = tune.database_method(args.db) or tune.LEGACY_METHOD
+    method = records.database_method(args.db) or records.LEGACY_METHOD
     tasks = [t for t in tune.extract_tasks(imported.mod, tune.TuneConfig(tc, args.db,
                                                                          method=method))
              if t.name in args.tasks]
     missing = set(args.tasks) - {t.name for t in tasks}
     if missing:
         parser.error(f"no task named {', '.join(sorted(missing))} in {args.model}")
-    view = tune.TaskDatabase(args.db, [t.extracted.dispatched[0] for t in tasks])
+    view = records.TaskDatabase(args.db, [t.extracted.dispatched[0] for t in tasks])
     try:
         for task in tasks:
             mod = task.extracted.dispatched[0]
-            records = tune._records(view.database, task, tgt)
-            if not records:
+            stored_records = tune._records(view.database, task, tgt)
+            if not stored_records:
                 console.print(f"{task.name}: no record of this target, skipped")
                 continue
-            best = min(records, key=lambda r: tune.mean_ms(r.run_secs) or float("inf"))
-            stored = tune.mean_ms(best.run_secs)
+            best = min(stored_records, key=lambda r: records.mean_ms(r.run_secs) or float("inf"))
+            stored = records.mean_ms(best.run_secs)
             console.print(f"{task.name} ({task.weight} calls): stored best {stored * 1e3:.1f} us")
             started = time.monotonic()
             tiles, decisions = search(mod, best, tgt, console)

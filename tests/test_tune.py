@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 from conftest import assert_one_line_error, invoke, spawn_server, wait_registered
-from tvmshuffle import remote, tune
+from tvmshuffle import records, remote, tune
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ def tracker():
 
 
 def record_lines(db) -> list[bytes]:
-    return (db / tune.RECORD_FILE).read_bytes().splitlines()
+    return (db / records.RECORD_FILE).read_bytes().splitlines()
 
 
 def test_embedded_tune_writes_records_resumes_and_compiles(tmp_path):
@@ -46,7 +46,7 @@ def test_embedded_tune_writes_records_resumes_and_compiles(tmp_path):
     ran = [t for t in first["tasks"] if t["trials_run"]]
     assert ran and all(t["kind"] == "depthwise" for t in first["tasks"])
     assert first["method"] == {"prepack": True, "flush_caches": True}
-    assert json.loads((db / tune.METHOD_FILE).read_text()) == first["method"]
+    assert json.loads((db / records.METHOD_FILE).read_text()) == first["method"]
     lines = record_lines(db)
     # a record per candidate measured, and one per unscheduled kernel kept for being faster
     recorded = {t["name"]: t["trials_run"] + t["kept_untuned"] for t in ran}
@@ -169,12 +169,12 @@ def test_corrupt_database_line_is_named_and_kept(tmp_path):
     """A truncated record names its file and line; the database is left as it was."""
     db = tmp_path / "db"
     db.mkdir()
-    (db / tune.WORKLOAD_FILE).write_text("")
-    (db / tune.RECORD_FILE).write_text('[0, [[], [1e-05], {"kind": "llvm"}\n')
-    before = (db / tune.RECORD_FILE).read_bytes()
+    (db / records.WORKLOAD_FILE).write_text("")
+    (db / records.RECORD_FILE).write_text('[0, [[], [1e-05], {"kind": "llvm"}\n')
+    before = (db / records.RECORD_FILE).read_bytes()
     result = invoke("tune", *MODEL, "--db", str(db), "--trials", "1")
-    assert_one_line_error(result, f"{tune.RECORD_FILE}:1: corrupt tuning record")
-    assert (db / tune.RECORD_FILE).read_bytes() == before
+    assert_one_line_error(result, f"{records.RECORD_FILE}:1: corrupt tuning record")
+    assert (db / records.RECORD_FILE).read_bytes() == before
 
 
 def test_a_database_holds_one_method(tmp_path):
@@ -183,18 +183,18 @@ def test_a_database_holds_one_method(tmp_path):
     refused before any work, the database left as it was."""
     legacy = tmp_path / "legacy"  # records from before the method file: warm, unpacked
     legacy.mkdir()
-    (legacy / tune.RECORD_FILE).write_text("[0]\n")
-    assert tune.database_method(legacy) == tune.LEGACY_METHOD
-    assert tune.settle_method(legacy) == tune.LEGACY_METHOD
-    assert tune.settle_method(tmp_path / "new") == tune.DEFAULT_METHOD
-    assert tune.settle_method(tmp_path / "new", prepack=True) == tune.Method(
-        True, tune.DEFAULT_METHOD.flush_caches)
+    (legacy / records.RECORD_FILE).write_text("[0]\n")
+    assert records.database_method(legacy) == records.LEGACY_METHOD
+    assert records.settle_method(legacy) == records.LEGACY_METHOD
+    assert records.settle_method(tmp_path / "new") == records.DEFAULT_METHOD
+    assert records.settle_method(tmp_path / "new", prepack=True) == records.Method(
+        True, records.DEFAULT_METHOD.flush_caches)
     result = invoke("tune", *MODEL, "--db", str(legacy), "--flush-caches")
     assert_one_line_error(result, "warm caches, not unpacked weights, flushed caches")
-    assert not (legacy / tune.METHOD_FILE).exists()
-    (legacy / tune.METHOD_FILE).write_text("{")
+    assert not (legacy / records.METHOD_FILE).exists()
+    (legacy / records.METHOD_FILE).write_text("{")
     assert_one_line_error(invoke("tune", *MODEL, "--db", str(legacy)),
-                          f"{tune.METHOD_FILE}: unreadable")
+                          f"{records.METHOD_FILE}: unreadable")
 
 
 def test_target_tvm_rejects(tmp_path):
@@ -213,9 +213,9 @@ def test_ctrl_c_keeps_records_and_stops_servers(tmp_path):
         [sys.executable, "-m", "tvmshuffle.cli", "tune", *MODEL, "--ops", "all", "--trials",
          "64", "--db", str(db)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    records = db / tune.RECORD_FILE
+    record_file = db / records.RECORD_FILE
     deadline = time.monotonic() + 400
-    while (not records.exists() or len(records.read_bytes().splitlines()) < 2):
+    while (not record_file.exists() or len(record_file.read_bytes().splitlines()) < 2):
         assert proc.poll() is None, proc.stderr.read().decode()
         assert time.monotonic() < deadline, "no record written in time"
         time.sleep(1)
@@ -223,17 +223,17 @@ def test_ctrl_c_keeps_records_and_stops_servers(tmp_path):
                if "tvm.exec.rpc_" in " ".join(child.cmdline())]
     assert len(servers) == 2, "the embedded tracker and device server"
     started = time.monotonic()
-    records_then = len(records.read_bytes().splitlines())
+    records_then = len(record_file.read_bytes().splitlines())
     os.killpg(proc.pid, signal.SIGINT)
     # the batch being measured finishes first: under a loaded CI machine that can take minutes
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130, (
         f"exit {proc.returncode} {time.monotonic() - started:.0f} s after SIGINT, sent at "
-        f"{records_then} records, ended at {len(records.read_bytes().splitlines())}: "
+        f"{records_then} records, ended at {len(record_file.read_bytes().splitlines())}: "
         f"{stderr.decode()[-2000:]}")
     assert "Error: interrupted" in stderr.decode()
-    tune.check_database(db)  # every line still parses
-    assert len(records.read_bytes().splitlines()) >= 2
+    records.check_database(db)  # every line still parses
+    assert len(record_file.read_bytes().splitlines()) >= 2
     assert not [server for server in servers if server.is_running()
                 and server.status() != psutil.STATUS_ZOMBIE], "servers left running"
 
@@ -252,20 +252,20 @@ def test_a_device_dying_mid_tuning_does_not_stop_it(tracker, tmp_path):
              "--trials", "24", "--timeout", "20", "--db", str(db), "--rpc-tracker",
              tracker.address, "--rpc-key", "dual", "--json"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        records = db / tune.RECORD_FILE
-        while not records.exists() or not records.read_bytes().strip():
+        record_file = db / records.RECORD_FILE
+        while not record_file.exists() or not record_file.read_bytes().strip():
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline + 600, "no record written in time"
             time.sleep(0.5)
         os.killpg(servers[0].pid, signal.SIGKILL)
-        at_kill = len(records.read_bytes().splitlines())
+        at_kill = len(record_file.read_bytes().splitlines())
         stdout, stderr = proc.communicate(timeout=900)
         assert proc.returncode == 0, stderr.decode()[-2000:]
         data = json.loads(stdout)
-        tune.check_database(db)
-        assert len(records.read_bytes().splitlines()) > at_kill, "tuning went on"
+        records.check_database(db)
+        assert len(record_file.read_bytes().splitlines()) > at_kill, "tuning went on"
         written = sum(t["trials_run"] + t["kept_untuned"] for t in data["tasks"])
-        assert written == len(records.read_bytes().splitlines())
+        assert written == len(record_file.read_bytes().splitlines())
     finally:
         for server in servers:
             if server.poll() is None:
@@ -283,12 +283,12 @@ def test_the_unscheduled_kernel_is_kept_when_it_is_faster(tmp_path):
     tasks = tune.extract_tasks(frontends.load(frontends.ModelSpec(MODEL[0], (64, 64))).mod,
                                config)
     task = next(t for t in tasks if t.name.startswith("max_pool2d"))
-    database = tune.open_database(db_dir)
+    database = records.open_database(db_dir)
     assert tune.keep_untuned_if_faster(database, task, [2e-6, 2e-6], None)
-    best = tune.best_ms(database.get_all_tuning_records())
+    best = records.best_ms(database.get_all_tuning_records())
     assert not tune.keep_untuned_if_faster(database, task, [1e-3], best), "slower: not recorded"
     (record,) = database.get_all_tuning_records()
-    assert len(record.trace.insts) == 1 and tune.best_ms([record]) == pytest.approx(2e-3)
+    assert len(record.trace.insts) == 1 and records.best_ms([record]) == pytest.approx(2e-3)
 
     out = tmp_path / "out"
     result = invoke("compile", *MODEL, "--db", str(db_dir), "-o", str(out), "--json")
@@ -314,7 +314,7 @@ def test_schedules_of_another_cpu_are_retimed_here_before_tuning(tmp_path):
     foreign = [line.replace(f'"mcpu":"{ours}"'.encode(), f'"mcpu":"{sibling}"'.encode())
                for line in record_lines(db)]
     assert all(f'"{sibling}"'.encode() in line for line in foreign)
-    (db / tune.RECORD_FILE).write_bytes(b"\n".join(foreign) + b"\n")
+    (db / records.RECORD_FILE).write_bytes(b"\n".join(foreign) + b"\n")
 
     # a budget the records already cover: this run only re-times
     first = tune_json("--ops", "depthwise", "--trials-per-task", "1", "--trials", "1", "--db",

@@ -206,31 +206,47 @@ class KernelTime:
     total_ms: float  # per inference, all calls
 
 
-def profile_kernels(artifact: Artifact, threads: int = 1, runs: int = 10) -> list[KernelTime]:
-    """Time every kernel call of the artifact's VM (``vm.set_instrument``; the Relax VM has no
-    profiler): per-inference milliseconds of each kernel, median over ``runs`` inferences,
-    heaviest first."""
-    vm, x = _host_vm(artifact, threads)
-    calls: dict[str, int] = {}
-    this_run: dict[str, float] = {}
-    started: list[float] = []
+class KernelTimer:
+    """Times every kernel call of a Relax VM (``vm.set_instrument``; the Relax VM has no
+    profiler): each call of the timer runs one inference and returns the seconds each kernel
+    took in it, all its calls together (the VM's own builtins left out)."""
 
-    def instrument(func, name, before_run, ret_value, *args):
+    def __init__(self, vm: relax.VirtualMachine):
+        self._main = vm["main"]
+        self._times: dict[str, float] = {}
+        self._started: list[float] = []
+        self.calls: dict[str, int] = {}  # per inference, counted in the first
+        self._counting = True
+        vm.set_instrument(self._instrument)
+
+    def _instrument(self, func, name, before_run, ret_value, *args):
         if before_run:
-            calls[name] = calls.get(name, 0) + 1
-            started.append(time.perf_counter())
+            self._started.append(time.perf_counter())
+            if self._counting:
+                self.calls[name] = self.calls.get(name, 0) + 1
         else:
-            this_run[name] = this_run.get(name, 0.0) + time.perf_counter() - started.pop()
+            elapsed = time.perf_counter() - self._started.pop()
+            self._times[name] = self._times.get(name, 0.0) + elapsed
         return 0  # VMInstrumentReturnKind.NO_OP
 
+    def __call__(self, *inputs) -> dict[str, float]:
+        self._times = {}
+        self._main(*inputs)
+        self._counting = False
+        return {name: secs for name, secs in self._times.items()
+                if not name.startswith("vm.builtin")}
+
+
+def profile_kernels(artifact: Artifact, threads: int = 1, runs: int = 10) -> list[KernelTime]:
+    """Per-inference milliseconds of each kernel of the artifact's VM, median over ``runs``
+    inferences, heaviest first."""
+    vm, x = _host_vm(artifact, threads)
     vm["main"](x)  # warm-up, uninstrumented
-    vm.set_instrument(instrument)
+    timer = KernelTimer(vm)
     samples: dict[str, list[float]] = {}
     for _ in range(runs):
-        this_run.clear()
-        vm["main"](x)
-        for name, secs in this_run.items():
+        for name, secs in timer(x).items():
             samples.setdefault(name, []).append(secs * 1e3)
-    kernels = [KernelTime(name, calls[name] // runs, statistics.median(values))
-               for name, values in samples.items() if not name.startswith("vm.builtin")]
+    kernels = [KernelTime(name, timer.calls[name], statistics.median(values))
+               for name, values in samples.items()]
     return sorted(kernels, key=lambda k: -k.total_ms)

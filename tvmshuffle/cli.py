@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .errors import BadInputError, TvmShuffleError
+from .errors import BadInputError, DatabaseError, TvmShuffleError
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ def cli(verbose: bool) -> None:
     tvmshuffle models                       list the zoo with FLOPs and parameters
     tvmshuffle flops MODEL                  multiply-adds, as the ShuffleNet paper counts them
     tvmshuffle tune MODEL                   auto-tune its kernels (embedded device or tracker)
+    tvmshuffle pick MODEL                   choose each kernel's schedule by its network time
     tvmshuffle compile MODEL -o OUT         build OUT/model.so + manifest.json (--db: tuned)
     tvmshuffle run OUT                      check numerics and time it on this machine
     tvmshuffle deploy OUT                   the same on a device over RPC (tracker or embedded)
@@ -218,11 +219,11 @@ def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dum
 
     Channel shuffles are fused into the convolution that consumes them; the summary and
     manifest.json ("data_movement_kernels") list any kernel left that only moves data."""
-    from . import export, frontends, report, target, tune
+    from . import export, frontends, records, report, target
 
     resolved = target.resolve(target_name, device, threads)
     if db is None and not no_db:
-        db = tune.shipped_db_dir(resolved, device)
+        db = records.shipped_db_dir(resolved, device)
     config = export.CompileConfig(resolved, not no_fuse_shuffle, layout.upper(),
                                   None if no_db else db, android_api)
     config.linker()  # no linker for the target: say what to install before importing
@@ -290,7 +291,7 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
     of the same kind measured (another mcpu) are first re-timed here."""
     import time as _time
 
-    from . import frontends, report, target, toolchain
+    from . import frontends, records, report, target, toolchain
     from . import tune as tuning
 
     config_target = target.resolve(target_name, device, threads)
@@ -301,11 +302,11 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
     if unknown or not kinds:
         raise BadInputError(f"bad --ops '{ops}': choose from "
                             f"{', '.join(tuning.OPS_CHOICES)} or all")
-    db = db or tuning.default_db_dir(config_target, device)
+    db = db or records.default_db_dir(config_target, device)
     config = tuning.TuneConfig(config_target, db, trials, trials_per_task, kinds, float(timeout),
                                not no_fuse_shuffle, layout.upper(), android_api=android_api,
                                patience=patience or None,
-                               method=tuning.settle_method(db, prepack, flush_caches),
+                               method=records.settle_method(db, prepack, flush_caches),
                                refine=refine)
     with report.step(f"importing {model}", quiet=as_json):
         imported = frontends.load(frontends.ModelSpec(model, input_size))
@@ -318,6 +319,51 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
     data = report.tune_json(results, config, tracker.address, tracker.key,
                             _time.perf_counter() - start)
     report.emit_json(data) if as_json else report.tune_table(data)
+
+
+@cli.command(epilog=MODEL_HELP)
+@click.argument("model")
+@click.option("--db", type=click.Path(path_type=Path),
+              help="Tuning database to pick in and append the picks to (default: the one "
+                   "compile applies, schedules/host-<cpu>/).")
+@click.option("--candidates", default=4, show_default=True, type=click.IntRange(min=2),
+              help="Schedules judged per kernel: the one compile applies now, then the other "
+                   "fastest the database holds for this CPU.")
+@click.option("--within", default=1.5, show_default=True, type=click.FloatRange(min=1.0),
+              help="Only candidates at most this many times slower alone than the fastest.")
+@click.option("--runs", default=30, show_default=True, type=click.IntRange(min=3),
+              help="Instrumented inferences of each build (median per kernel).")
+@input_size_option
+@click.option("--no-fuse-shuffle", is_flag=True, help="As the records were tuned.")
+@layout_option
+@threads_option
+@json_option
+def pick(model, db, candidates, within, runs, input_size, no_fuse_shuffle, layout, threads,
+         as_json) -> None:
+    """Choose each tuned kernel's schedule by its time inside the network, on this machine.
+
+    Tuning times kernels alone; in the network they rank otherwise. MODEL is built once per
+    candidate rank, every kernel call timed in the builds run interleaved, each kernel takes
+    its fastest candidate there, and the network with those picks is timed against the
+    current one: only if faster are the picks appended to the database (tvmshuffle_picks.json),
+    which compile then follows. Records keep their measured times."""
+    from . import frontends, records, report, target
+    from . import picks as picking
+
+    resolved = target.resolve("host", "generic", threads)
+    db = db or records.shipped_db_dir(resolved, "generic")
+    if db is None:
+        raise BadInputError("no tuning database for this CPU: tune first or give --db")
+    if records.database_method(db) is None:  # before the import
+        raise DatabaseError(f"no tuning database in {db}")
+    config = picking.PickConfig(resolved, db, not no_fuse_shuffle, layout.upper(), candidates,
+                                within, runs)
+    with report.step(f"importing {model}", quiet=as_json):
+        imported = frontends.load(frontends.ModelSpec(model, input_size))
+    with report.step("picking in the network", quiet=as_json) as at:
+        result = picking.pick(imported, config, at)
+    data = report.pick_json(result, config)
+    report.emit_json(data) if as_json else report.pick_table(data)
 
 
 @cli.command()
@@ -360,7 +406,7 @@ def compare(target_name, device, rpc_tracker, rpc_key, model_list, sizes, db, tu
     machine's CPU behind an embedded tracker. AlexNet takes every size: adaptive average pooling
     before its classifier (the identity at 224x224) keeps its FC layers' shapes."""
     from . import compare as comparing
-    from . import export, report, target, toolchain, tune
+    from . import export, records, report, target, toolchain
 
     resolved = target.resolve(target_name, device, threads)
     toolchain.find(resolved, android_api)
@@ -374,8 +420,8 @@ def compare(target_name, device, rpc_tracker, rpc_key, model_list, sizes, db, tu
     if unknown:
         raise BadInputError(f"unknown baseline(s) {', '.join(unknown)}: use torch, onnxruntime")
     if db is None:
-        db = (tune.default_db_dir(resolved, device) if tune_trials
-              else tune.shipped_db_dir(resolved, device))
+        db = (records.default_db_dir(resolved, device) if tune_trials
+              else records.shipped_db_dir(resolved, device))
     export.prepare_out_dir(report_dir)
     with contextlib.ExitStack() as stack:
         tracker, devices = _devices(stack, rpc_tracker, rpc_key, resolved.num_cores, timeout,

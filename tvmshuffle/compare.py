@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import bench, deploy, export, flops, frontends, models, tune
+from . import bench, deploy, export, flops, frontends, models, records, tune
 from .errors import BadInputError, TvmShuffleError
 from .remote import TrackerConfig
 from .target import TargetConfig
@@ -101,7 +101,7 @@ def measure_cell(name: str, size: tuple[int, int], config: CompareConfig, work: 
             tune.tune(imported.mod, tune.TuneConfig(
                 config.target, config.db, config.tune_trials, ops=("all",),
                 timeout=float(config.tracker.session_timeout),
-                android_api=config.android_api, method=tune.settle_method(config.db)),
+                android_api=config.android_api, method=records.settle_method(config.db)),
                 config.tracker, config.devices)
         manifest = export.build_artifact(
             imported, export.CompileConfig(config.target, db=config.db,

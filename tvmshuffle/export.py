@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from . import __version__, flops, frontends, pipeline, toolchain, tune
+from . import __version__, flops, frontends, pipeline, records, toolchain
 from .errors import BadInputError, BuildError, TvmShuffleError, first_line
 from .flops import FlopReport
 from .target import TargetConfig
@@ -52,20 +52,26 @@ class Compiled:
     executable: tvm.runtime.Executable
     final_mod: tvm.IRModule
     kernels: tuple[str, ...]
-    method: tune.Method | None = None  # how the applied database's records were made
+    method: records.Method | None = None  # how the applied database's records were made
+    picks: int = 0  # kernels compiled with a schedule picked in the network (tvmshuffle pick)
 
 
 def compile_module(mod: tvm.IRModule, config: CompileConfig) -> Compiled:
     """Lower ``mod`` (already through the graph passes) with TVM's pipeline and build it."""
     target = config.target.tvm_target
-    database = tune.apply_database(config.db, target) if config.db is not None else None
-    method = tune.database_method(config.db) if config.db is not None else None
+    database = method = None
+    picks = 0
+    if config.db is not None:
+        ranked = records.read_ranked(config.db, target)
+        chosen, picks = records.choose(ranked, records.read_picks(config.db, target))
+        database = records.memory_database(ranked, chosen)
+        method = records.database_method(config.db)
     try:
         final = pipeline.lower(mod, target, database, prepack=bool(method and method.prepack))
         executable = tvm.compile(final, target=target, relax_pipeline=None)
     except Exception as err:  # TVM raises InternalError, TVMError, ValueError...
         raise BuildError(f"TVM failed to build for {target}: {first_line(err)}") from err
-    return Compiled(executable, final, tuple(pipeline.kernel_names(final)), method)
+    return Compiled(executable, final, tuple(pipeline.kernel_names(final)), method, picks)
 
 
 def prepare_out_dir(out_dir: Path) -> Path:
@@ -121,7 +127,8 @@ def write_artifact(out_dir: Path, compiled: Compiled, model: frontends.ImportedM
         "layout": config.layout,
         "tuning": {"db": str(config.db) if config.db else None,
                    "method": compiled.method.as_json() if compiled.method else None,
-                   "tuned_kernels": pipeline.tuned_kernels(compiled.final_mod)},
+                   "tuned_kernels": pipeline.tuned_kernels(compiled.final_mod),
+                   "picked_in_network": compiled.picks},
         "data_movement_kernels": pipeline.data_movement_kernels(compiled.final_mod),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -148,4 +155,3 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-

@@ -237,7 +237,7 @@ def tune_json(results, config, tracker_address: str, key: str, wall_s: float) ->
 
 
 def tune_table(data: dict) -> None:
-    from .tune import Method  # tvm: imported when a table is printed, not at start-up
+    from .records import Method  # tvm: imported when a table is printed, not at start-up
 
     how = Method(**data["method"]).describe()
     table = Table(title=f"tuned into {data['db']} ({how}; {data['wall_time_s']:.0f} s, "
@@ -267,6 +267,46 @@ def tune_table(data: dict) -> None:
                       trials, fmt(row["untuned_ms"]), fmt(row["tuned_ms"]),
                       fmt(row["speedup"], ".1f") + ("x" if row["speedup"] else ""))
     out.print(table)
+
+
+def pick_json(result, config) -> dict:
+    return {
+        "model": result.model,
+        "target": config.target.as_json(),
+        "db": str(config.db_dir),
+        "candidates": config.candidates,
+        "runs": config.runs,
+        "builds": result.builds,
+        "wall_time_s": round(result.seconds, 1),
+        "current_ms": result.current_ms,
+        "picked_ms": result.picked_ms,
+        "max_abs_err": result.max_abs_err,
+        "written": result.written,
+        "kernels": [{"name": k.name, "calls": k.calls, "alone_ms": k.alone_ms,
+                     "network_ms": k.network_ms, "chosen": k.chosen} for k in result.kernels],
+    }
+
+
+def pick_table(data: dict) -> None:
+    table = Table(title=f"{data['model']}: each kernel's candidates, ms alone (recorded) / in "
+                        f"the network (median of {data['runs']} inferences); * chosen")
+    for column in ("kernel", "calls", "current", "other candidates"):
+        table.add_column(column, justify="right" if column == "calls" else "left")
+    for k in data["kernels"]:
+        cells = [f"{'*' if i == k['chosen'] else ''}{alone:.4f} / {net:.4f}"
+                 for i, (alone, net) in enumerate(zip(k["alone_ms"], k["network_ms"]))]
+        table.add_row(k["name"], str(k["calls"]), cells[0], "  ".join(cells[1:]))
+    out.print(table)
+    changed = sum(1 for k in data["kernels"] if k["chosen"])
+    if not changed:
+        out.print("every kernel's current schedule is the fastest in the network: nothing "
+                  "written")
+        return
+    ratio = data["picked_ms"] / data["current_ms"]
+    out.print(f"network with {changed} kernels changed: {data['picked_ms']:.3f} ms against "
+              f"{data['current_ms']:.3f} ({ratio:.3f}x; max abs err {data['max_abs_err']:.1e})")
+    out.print(f"{data['written']} picks appended to {data['db']}, which compile follows"
+              if data["written"] else "not faster as a whole: nothing written")
 
 
 def _size(size) -> str:

@@ -1,0 +1,408 @@
+"""A tuning database as tvmshuffle keeps it: MetaSchedule's JSON database, how its records were
+made, where it lives, and the records ``compile`` applies.
+
+The database is MetaSchedule's JSON database: two files of one JSON record a line, appended to
+as records arrive, never rewritten. A third file, METHOD_FILE, says how its records were made
+(weights prepacked or not, caches flushed or warm while timing): records of different methods
+do not compare, so a database holds one. Neither tune nor compile has TVM parse every record
+(2.8 ms a record: 45 s for the shipped database): tune reads the records of the kernels it
+tunes (TaskDatabase), compile only the one it applies per kernel, picked from the JSON lines
+(apply_database).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import tvm
+
+from .errors import DatabaseError, first_line
+from .target import TargetConfig
+
+WORKLOAD_FILE = "database_workload.json"
+RECORD_FILE = "database_tuning_record.json"
+METHOD_FILE = "tvmshuffle_method.json"
+# kernels' schedules chosen by their time in the network (`tvmshuffle pick`), one a line
+PICKS_FILE = "tvmshuffle_picks.json"
+
+
+@dataclass(frozen=True)
+class Method:
+    """How a database's records were made. Records compare only with records made the same
+    way: a kernel timed with its weights flushed from the caches is slower than the same kernel
+    timed warm, and prepacked kernels are other workloads. So a database holds one method,
+    written to METHOD_FILE by its first tuning and checked by every later one; ``compile``
+    reads it to know whether to repack the weights."""
+
+    prepack: bool
+    flush_caches: bool
+
+    def as_json(self) -> dict:
+        return {"prepack": self.prepack, "flush_caches": self.flush_caches}
+
+    def describe(self) -> str:
+        return (f"{'prepacked' if self.prepack else 'unpacked'} weights, "
+                f"{'flushed' if self.flush_caches else 'warm'} caches")
+
+
+# MetaSchedule's own way. Prepacking with flushed caches measured level with it per minute of
+# tuning on this host (benchmarks/RESULTS.md), no better: an option, not the default.
+DEFAULT_METHOD = Method(prepack=False, flush_caches=False)
+LEGACY_METHOD = DEFAULT_METHOD  # records made before METHOD_FILE
+
+
+def _json_lines(path: Path) -> Iterator[tuple[bytes, object]]:
+    """(line, parsed) for each non-blank line of a database file, the line ending in a newline
+    (the last one of a file may not); a corrupt or truncated line is reported with its file and
+    line number instead of being dropped with the rest."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield line.rstrip(b"\n") + b"\n", json.loads(line)
+            except ValueError as err:
+                raise DatabaseError(
+                    f"{path}:{number}: corrupt tuning record ({err.__class__.__name__}); "
+                    "fix or delete that line, the other records are intact") from err
+
+
+def check_database(db_dir: Path) -> None:
+    """Every line of both database files must be a JSON record (DatabaseError naming the
+    first that is not)."""
+    for name in (WORKLOAD_FILE, RECORD_FILE):
+        if (db_dir / name).exists():
+            for _ in _json_lines(db_dir / name):
+                pass
+
+
+def _make_dir(db_dir: Path) -> None:
+    try:
+        db_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DatabaseError(f"cannot create database directory {db_dir}: "
+                            f"{err.strerror or err}") from err
+
+
+def open_database(db_dir: Path):
+    """The JSON database in ``db_dir`` (created if missing), after checking every line."""
+    from tvm.s_tir import meta_schedule as ms
+
+    _make_dir(db_dir)
+    check_database(db_dir)
+    return ms.database.JSONDatabase(path_workload=str(db_dir / WORKLOAD_FILE),
+                                    path_tuning_record=str(db_dir / RECORD_FILE))
+
+
+def workload_hashes(db_dir: Path, mods: list[tvm.IRModule]) -> list[str | None]:
+    """The structural hash MetaSchedule gives each kernel (a task's module) in ``db_dir``'s
+    workload file, None for one not in it; the file is read, not written."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if not (db_dir / WORKLOAD_FILE).exists():
+        return [None] * len(mods)
+    with tempfile.TemporaryDirectory(prefix="tvmshuffle-probe-") as tmp:
+        Path(tmp, RECORD_FILE).touch()
+        probe = ms.database.JSONDatabase(path_workload=str(db_dir / WORKLOAD_FILE),
+                                         path_tuning_record=str(Path(tmp, RECORD_FILE)))
+        return [str(probe.commit_workload(mod).as_json()[0]) if probe.has_workload(mod)
+                else None for mod in mods]
+
+
+class TaskDatabase:
+    """``db_dir``'s database as a tune of some kernels sees it: every workload, and only the
+    records of those kernels (parsing all 15,554 records of the shipped database took 45 s a
+    tune; the search, the budgets and re-timing look only at the tuned kernels' records).
+
+    Workloads are read from and appended to ``db_dir``'s own file, so indices agree; records
+    are read from a scratch file holding the kernels' lines, and every record appended to it
+    (by MetaSchedule after each measured batch, by re-timing, by ``keep_untuned_if_faster``)
+    is copied to ``db_dir``'s record file by ``sync``, which the tuning loop calls after each
+    batch and on the way out (Ctrl-C and SIGTERM included)."""
+
+    def __init__(self, db_dir: Path, mods: list[tvm.IRModule]):
+        from tvm.s_tir import meta_schedule as ms
+
+        _make_dir(db_dir)
+        workload_file, self._record_file = db_dir / WORKLOAD_FILE, db_dir / RECORD_FILE
+        # every line of both files is checked by the scans below (``_json_lines``), the
+        # workload file's before TVM reads it
+        file_hashes = [str(fields[0]) if isinstance(fields, list) and fields else None
+                       for _, fields in _json_lines(workload_file)] \
+            if workload_file.exists() else []
+        self._scratch = tempfile.TemporaryDirectory(prefix="tvmshuffle-records-")
+        scratch = Path(self._scratch.name) / RECORD_FILE
+        scratch.touch()
+        # the kernels that are in the file already
+        hashes = set(workload_hashes(db_dir, mods)) - {None}
+        indices = {i for i, shash in enumerate(file_hashes) if shash in hashes}
+        with open(scratch, "wb") as out:
+            if self._record_file.exists():
+                for line, fields in _json_lines(self._record_file):
+                    if isinstance(fields, list) and fields and fields[0] in indices:
+                        out.write(line)
+        self._offset = scratch.stat().st_size  # what is already in db_dir's file
+        self._scratch_file = scratch
+        self._lock = threading.Lock()
+        self.database = ms.database.JSONDatabase(path_workload=str(workload_file),
+                                                 path_tuning_record=str(scratch))
+
+    def sync(self) -> None:
+        """Append to ``db_dir``'s record file the whole lines appended since the last call."""
+        with self._lock, open(self._scratch_file, "rb") as f:
+            f.seek(self._offset)
+            new = f.read()
+            new = new[:new.rfind(b"\n") + 1]  # a line being written waits for the next call
+            if new:
+                with open(self._record_file, "ab") as out:
+                    out.write(new)
+                    out.flush()
+                    os.fsync(out.fileno())
+                self._offset += len(new)
+
+    def close(self) -> None:
+        self.sync()
+        self._scratch.cleanup()
+
+
+def database_method(db_dir: Path) -> Method | None:
+    """The method of the database in ``db_dir``; None for a new (empty) one."""
+    path = db_dir / METHOD_FILE
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+            return Method(bool(data["prepack"]), bool(data["flush_caches"]))
+        except (ValueError, KeyError, TypeError) as err:
+            raise DatabaseError(f"{path}: unreadable ({err.__class__.__name__}); it says how "
+                                "the records were made: restore it") from err
+    if (db_dir / RECORD_FILE).exists() and (db_dir / RECORD_FILE).stat().st_size > 0:
+        return LEGACY_METHOD
+    return None
+
+
+def settle_method(db_dir: Path, prepack: bool | None = None,
+                  flush_caches: bool | None = None) -> Method:
+    """The method to tune ``db_dir`` with: the database's own, or DEFAULT_METHOD for a new
+    one, with what the user asked (None: not asked). DatabaseError if that differs from the
+    method of the records already there."""
+    existing = database_method(db_dir)
+    base = existing or DEFAULT_METHOD
+    method = Method(base.prepack if prepack is None else prepack,
+                    base.flush_caches if flush_caches is None else flush_caches)
+    if existing is not None and method != existing:
+        raise DatabaseError(f"{db_dir} holds records tuned with {existing.describe()}, not "
+                            f"{method.describe()}: they do not compare; tune into another --db")
+    return method
+
+
+def write_method(db_dir: Path, method: Method) -> None:
+    """Record ``method`` as the database's, unless it has one (never rewritten)."""
+    path = db_dir / METHOD_FILE
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(method.as_json()) + "\n")
+        os.replace(tmp, path)
+
+
+def mean_ms(run_secs) -> float | None:
+    """Mean of one measurement's run times, in ms; None for none or a failed run (MetaSchedule
+    records a failure as 1e10 s)."""
+    secs = [float(s) for s in (run_secs or [])]
+    if not secs or any(s >= 1e9 for s in secs):
+        return None
+    return statistics.fmean(secs) * 1e3
+
+
+def best_ms(records: list) -> float | None:
+    times = [t for t in (mean_ms(r.run_secs) for r in records) if t is not None]
+    return min(times) if times else None
+
+
+# Host CPUs (as LLVM names them) with the same vector ISA, whose schedules transfer: a host with
+# no database of its own uses, and appends to, a sibling's. Each record keeps the target it was
+# measured with.
+HOST_CPU_SIBLINGS = {"znver4": ("znver5",), "znver5": ("znver4",)}
+
+
+def default_db_dir(target: TargetConfig, device: str) -> Path:
+    """schedules/host-<mcpu>/ for the host (or, when only a sibling CPU's exists under the
+    working directory or beside this package, that one), schedules/<target>-<device>/ for a
+    device."""
+    spec = dict(target.spec)
+    if target.name == "host":
+        mcpu = spec.get("mcpu", "generic")
+        for name in (mcpu, *HOST_CPU_SIBLINGS.get(mcpu, ())):
+            if _located(Path("schedules") / f"host-{name}") is not None:
+                return Path("schedules") / f"host-{name}"
+        return Path("schedules") / f"host-{mcpu}"
+    if target.name in ("arm", "arm-linux"):
+        return Path("schedules") / f"{target.name}-{device}"
+    return Path("schedules") / "custom"
+
+
+def shipped_db_dir(target: TargetConfig, device: str) -> Path | None:
+    """The database ``compile`` and ``compare`` apply by default: ``schedules/<target>/`` under
+    the working directory (where ``tune`` writes), else the one shipped beside this package
+    (so a source checkout's databases apply wherever the command runs); None if neither holds
+    records."""
+    return _located(default_db_dir(target, device))
+
+
+def _located(db_dir: Path) -> Path | None:
+    """``db_dir`` under the working directory if it holds records, else the one shipped beside
+    this package if that does, else None."""
+    for candidate in (db_dir, Path(__file__).resolve().parent.parent / db_dir):
+        if (candidate / RECORD_FILE).exists():
+            return candidate
+    return None
+
+
+@dataclass
+class Ranked:
+    """A database's records as ``compile`` weighs them, read from the JSON lines."""
+
+    workloads: list[bytes]  # the workload file's lines
+    # per workload index, its timed records as JSON, own target first, then fastest:
+    # ((measured with another target, mean ms), the record)
+    records: dict[int, list[tuple[tuple[bool, float], list]]]
+
+    def shash(self, index: int) -> str:
+        """The structural hash MetaSchedule keys the workload by."""
+        return str(json.loads(self.workloads[index])[0])
+
+
+def read_ranked(db_dir: Path, target: tvm.target.Target) -> Ranked:
+    """Every timed record of ``db_dir``, ranked for ``target``, after checking each line."""
+    if not (db_dir / RECORD_FILE).exists():
+        raise DatabaseError(f"no tuning database in {db_dir} (expected {RECORD_FILE})")
+    workloads = []
+    if (db_dir / WORKLOAD_FILE).exists():
+        workloads = [line for line, _ in _json_lines(db_dir / WORKLOAD_FILE)]
+    target_str = str(target)
+    same_target: dict[str, bool] = {}  # a record's target, as JSON -> is it ``target``
+    ranked: dict[int, list] = {}
+    for number, (_, fields) in enumerate(_json_lines(db_dir / RECORD_FILE), 1):
+        try:
+            index, record = fields
+            _, run_secs, record_target, _ = record
+            time_ms = mean_ms(run_secs)
+        except (TypeError, ValueError) as err:
+            raise DatabaseError(f"{db_dir / RECORD_FILE}: record {number} is not a MetaSchedule "
+                                f"tuning record ({err.__class__.__name__})") from err
+        if time_ms is None:
+            continue
+        if not (isinstance(index, int) and 0 <= index < len(workloads)):
+            raise DatabaseError(f"{db_dir / RECORD_FILE}: record {number} names workload "
+                                f"{index}, but {WORKLOAD_FILE} has {len(workloads)}")
+        key = json.dumps(record_target, sort_keys=True)
+        if key not in same_target:
+            try:
+                same_target[key] = str(tvm.target.Target(record_target)) == target_str
+            except Exception as err:  # TVM raises ValueError, TVMError...
+                raise DatabaseError(f"{db_dir / RECORD_FILE}: record {number} has a target TVM "
+                                    f"rejects: {first_line(err)}") from err
+        ranked.setdefault(index, []).append(((not same_target[key], time_ms), record))
+    for entries in ranked.values():
+        entries.sort(key=lambda entry: entry[0])
+    return Ranked(workloads, ranked)
+
+
+def trace_key(trace) -> str:
+    """A record's schedule (its trace as JSON: instructions and decisions) as a short key."""
+    text = json.dumps(trace, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Pick:
+    """A kernel's schedule chosen by its time in the network (``tvmshuffle pick``)."""
+
+    trace: str  # trace_key of the chosen record
+    fastest_ms: float  # the kernel's fastest record (with the target) when it was chosen
+
+
+def read_picks(db_dir: Path, target: tvm.target.Target) -> dict[str, Pick]:
+    """The picks for ``target`` in ``db_dir``'s PICKS_FILE, by workload hash; a later line for
+    a kernel replaces an earlier one."""
+    path = db_dir / PICKS_FILE
+    picks: dict[str, Pick] = {}
+    if not path.exists():
+        return picks
+    target_str = str(target)
+    for number, (_, fields) in enumerate(_json_lines(path), 1):
+        try:
+            workload, pick_target = str(fields["workload"]), str(fields["target"])
+            pick = Pick(str(fields["trace"]), float(fields["fastest_ms"]))
+        except (TypeError, KeyError, ValueError) as err:
+            raise DatabaseError(f"{path}: line {number} is not a pick "
+                                f"({err.__class__.__name__}); fix or delete it") from err
+        if pick_target == target_str:
+            picks[workload] = pick
+    return picks
+
+
+def append_picks(db_dir: Path, lines: list[dict]) -> None:
+    """Append pick lines (workload, trace, target, fastest_ms and what was measured) to
+    ``db_dir``'s PICKS_FILE."""
+    with open(db_dir / PICKS_FILE, "ab") as out:
+        out.write(b"".join(json.dumps(line, sort_keys=True).encode() + b"\n" for line in lines))
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def choose(ranked: Ranked, picks: dict[str, Pick]) -> tuple[dict[int, list], int]:
+    """(per workload index the record to compile with, how many of them are picks): the
+    kernel's pick when it has one and no record with the target has been faster than the
+    fastest it was chosen against (a later tune found better: the pick is stale), else its
+    fastest record measured with the target, else the fastest of all (measured on another CPU:
+    those times do not compare with times measured here)."""
+    chosen, picked = {}, 0
+    for index, entries in ranked.records.items():
+        (other_target, fastest_ms), record = entries[0]
+        chosen[index] = record
+        pick = picks.get(ranked.shash(index)) if picks and not other_target else None
+        if pick is None or fastest_ms < pick.fastest_ms * (1 - 1e-9):
+            continue
+        for (other, _), candidate in entries:
+            if not other and trace_key(candidate[0]) == pick.trace:
+                chosen[index] = candidate
+                picked += candidate is not record
+                break
+    return chosen, picked
+
+
+def memory_database(ranked: Ranked, chosen: dict[int, list]):
+    """A MetaSchedule database holding the ``chosen`` records only: only they are parsed by
+    TVM (parsing all of a shipped database's records took 45 s a compile)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    database = ms.database.MemoryDatabase()
+    with tempfile.TemporaryDirectory(prefix="tvmshuffle-chosen-") as tmp:
+        order = sorted(chosen)
+        Path(tmp, WORKLOAD_FILE).write_bytes(b"".join(ranked.workloads[i] for i in order))
+        with open(Path(tmp, RECORD_FILE), "w") as f:
+            for new_index, old_index in enumerate(order):
+                f.write(json.dumps([new_index, chosen[old_index]]) + "\n")
+        parsed = ms.database.JSONDatabase(path_workload=str(Path(tmp, WORKLOAD_FILE)),
+                                          path_tuning_record=str(Path(tmp, RECORD_FILE)))
+        for record in parsed.get_all_tuning_records():
+            database.commit_tuning_record(ms.database.TuningRecord(
+                record.trace, database.commit_workload(record.workload.mod), record.run_secs,
+                record.target, record.args_info))
+    return database
+
+
+def apply_database(db_dir: Path, target: tvm.target.Target, with_picks: bool = True):
+    """The database to compile for ``target`` with (``compile --db``), after checking it: per
+    kernel, the record ``choose`` takes."""
+    ranked = read_ranked(db_dir, target)
+    chosen, _ = choose(ranked, read_picks(db_dir, target) if with_picks else {})
+    return memory_database(ranked, chosen)
