@@ -331,22 +331,27 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
                    "fastest the database holds for this CPU.")
 @click.option("--within", default=1.5, show_default=True, type=click.FloatRange(min=1.0),
               help="Only candidates at most this many times slower alone than the fastest.")
-@click.option("--runs", default=30, show_default=True, type=click.IntRange(min=3),
+@click.option("--runs", default=200, show_default=True, type=click.IntRange(min=3),
               help="Instrumented inferences of each build (median per kernel).")
+@click.option("--checks", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Whole-network timings (100 calls each) of the picks against the current "
+                   "schedules; the picks are written only if faster in every one.")
 @input_size_option
 @click.option("--no-fuse-shuffle", is_flag=True, help="As the records were tuned.")
 @layout_option
 @threads_option
 @json_option
-def pick(model, db, candidates, within, runs, input_size, no_fuse_shuffle, layout, threads,
-         as_json) -> None:
+def pick(model, db, candidates, within, runs, checks, input_size, no_fuse_shuffle, layout,
+         threads, as_json) -> None:
     """Choose each tuned kernel's schedule by its time inside the network, on this machine.
 
     Tuning times kernels alone; in the network they rank otherwise. MODEL is built once per
     candidate rank, every kernel call timed in the builds run interleaved, each kernel takes
     its fastest candidate there, and the network with those picks is timed against the
-    current one: only if faster are the picks appended to the database (tvmshuffle_picks.json),
-    which compile then follows. Records keep their measured times."""
+    current one: only if faster in every timing are the picks appended to the database
+    (tvmshuffle_picks.json), which compile then follows. Records keep their measured times.
+    Run it again after tuning: a record faster than the one a pick was made against makes the
+    pick stale."""
     from . import frontends, records, report, target
     from . import picks as picking
 
@@ -357,7 +362,7 @@ def pick(model, db, candidates, within, runs, input_size, no_fuse_shuffle, layou
     if records.database_method(db) is None:  # before the import
         raise DatabaseError(f"no tuning database in {db}")
     config = picking.PickConfig(resolved, db, not no_fuse_shuffle, layout.upper(), candidates,
-                                within, runs)
+                                within, runs, checks)
     with report.step(f"importing {model}", quiet=as_json):
         imported = frontends.load(frontends.ModelSpec(model, input_size))
     with report.step("picking in the network", quiet=as_json) as at:
