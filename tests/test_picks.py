@@ -50,6 +50,12 @@ def test_pick_judges_candidates_in_the_network_and_compile_follows(tmp_path):
     assert compiled.exit_code == 0, compiled.output
     assert json.loads(compiled.stdout)["tuning"]["picked_in_network"] == data["written"]
 
+    # another input size: other kernels, none with records, nothing built or written
+    other = invoke("pick", "shufflenet_v1_g3_0.25x", "--input-size", "32x32", "--db", str(db),
+                   "--json")
+    assert other.exit_code == 0, other.output
+    assert json.loads(other.stdout)["kernels"] == [] and json.loads(other.stdout)["builds"] == 0
+
 
 def test_pick_without_a_database_fails_in_one_line(tmp_path):
     result = invoke("pick", *MODEL, "--db", str(tmp_path / "none"))

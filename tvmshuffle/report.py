@@ -289,6 +289,10 @@ def pick_json(result, config) -> dict:
 
 
 def pick_table(data: dict) -> None:
+    if not data["kernels"]:
+        out.print(f"no kernel of {data['model']} has two schedules recorded for this CPU in "
+                  f"{data['db']}: nothing to pick (tune it first)")
+        return
     table = Table(title=f"{data['model']}: each kernel's candidates, ms alone (recorded) / in "
                         f"the network (median of {data['runs']} inferences); * chosen")
     for column in ("kernel", "calls", "current", "other candidates"):
