@@ -63,15 +63,30 @@ def compile_module(mod: tvm.IRModule, config: CompileConfig) -> Compiled:
     picks = 0
     if config.db is not None:
         ranked = records.read_ranked(config.db, target)
-        chosen, picks = records.choose(ranked, records.read_picks(config.db, target))
+        chosen, picked = records.choose(ranked, records.read_picks(config.db, target))
         database = records.memory_database(ranked, chosen)
         method = records.database_method(config.db)
+        if picked:  # picks made for any model of the database: count this one's
+            picks = _picked_kernels(mod, target, bool(method and method.prepack),
+                                    records.memory_database(ranked,
+                                                            {i: chosen[i] for i in picked}))
     try:
         final = pipeline.lower(mod, target, database, prepack=bool(method and method.prepack))
         executable = tvm.compile(final, target=target, relax_pipeline=None)
     except Exception as err:  # TVM raises InternalError, TVMError, ValueError...
         raise BuildError(f"TVM failed to build for {target}: {first_line(err)}") from err
     return Compiled(executable, final, tuple(pipeline.kernel_names(final)), method, picks)
+
+
+def _picked_kernels(mod: tvm.IRModule, target: tvm.target.Target, prepack: bool,
+                    picked) -> int:
+    """How many of the module's kernels (as tuning extracts them) the ``picked`` database
+    holds a record for."""
+    from tvm.s_tir import meta_schedule as ms
+
+    fused = pipeline.fuse(mod, target, prepack)
+    return sum(1 for task in ms.relax_integration.extract_tasks(fused, target)
+               if picked.has_workload(task.dispatched[0]))
 
 
 def prepare_out_dir(out_dir: Path) -> Path:

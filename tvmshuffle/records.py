@@ -358,13 +358,13 @@ def append_picks(db_dir: Path, lines: list[dict]) -> None:
         os.fsync(out.fileno())
 
 
-def choose(ranked: Ranked, picks: dict[str, Pick]) -> tuple[dict[int, list], int]:
-    """(per workload index the record to compile with, how many of them are picks): the
+def choose(ranked: Ranked, picks: dict[str, Pick]) -> tuple[dict[int, list], set[int]]:
+    """(per workload index the record to compile with, the indices where that is a pick): the
     kernel's pick when it has one and no record with the target has been faster than the
     fastest it was chosen against (a later tune found better: the pick is stale), else its
     fastest record measured with the target, else the fastest of all (measured on another CPU:
     those times do not compare with times measured here)."""
-    chosen, picked = {}, 0
+    chosen, picked = {}, set()
     for index, entries in ranked.records.items():
         (other_target, fastest_ms), record = entries[0]
         chosen[index] = record
@@ -374,7 +374,8 @@ def choose(ranked: Ranked, picks: dict[str, Pick]) -> tuple[dict[int, list], int
         for (other, _), candidate in entries:
             if not other and trace_key(candidate[0]) == pick.trace:
                 chosen[index] = candidate
-                picked += candidate is not record
+                if candidate is not record:
+                    picked.add(index)
                 break
     return chosen, picked
 

@@ -93,8 +93,10 @@ def compile_summary(manifest: dict, out_dir: str) -> None:
               f"{manifest['flops']['mflops']:.1f} MFLOPs, {len(manifest['kernels'])} kernels")
     tuning = manifest["tuning"]
     if tuning["db"]:
+        picked = tuning.get("picked_in_network")
         out.print(f"  tuned kernels: {len(tuning['tuned_kernels'])}/{len(manifest['kernels'])}"
-                  f" from {tuning['db']}")
+                  f" from {tuning['db']}"
+                  + (f" ({picked} with schedules picked in the network)" if picked else ""))
     else:
         out.print("  [yellow]untuned[/yellow]: no tuning database (run `tvmshuffle tune`); "
                   "expect naive, slow kernels")
