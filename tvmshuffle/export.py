@@ -59,34 +59,35 @@ class Compiled:
 def compile_module(mod: tvm.IRModule, config: CompileConfig) -> Compiled:
     """Lower ``mod`` (already through the graph passes) with TVM's pipeline and build it."""
     target = config.target.tvm_target
-    database = method = None
+    if config.db is None:
+        return Compiled(*build(lambda: pipeline.lower(mod, target), target))
+    ranked = records.read_ranked(config.db, target)
+    chosen, picked = records.choose(ranked, records.read_picks(config.db, target))
+    method = records.database_method(config.db)
+    prepack = bool(method and method.prepack)
+    fused = pipeline.fuse(mod, target, prepack)
     picks = 0
-    if config.db is not None:
-        ranked = records.read_ranked(config.db, target)
-        chosen, picked = records.choose(ranked, records.read_picks(config.db, target))
-        database = records.memory_database(ranked, chosen)
-        method = records.database_method(config.db)
-        if picked:  # picks made for any model of the database: count this one's
-            picks = _picked_kernels(mod, target, bool(method and method.prepack),
-                                    records.memory_database(ranked,
-                                                            {i: chosen[i] for i in picked}))
+    if picked:  # picks made for any model of the database: count this one's
+        from tvm.s_tir import meta_schedule as ms
+
+        in_picks = records.memory_database(ranked, {i: chosen[i] for i in picked})
+        picks = sum(1 for task in ms.relax_integration.extract_tasks(fused, target)
+                    if in_picks.has_workload(task.dispatched[0]))
+    database = records.memory_database(ranked, chosen)
+    return Compiled(*build(lambda: pipeline.lower_fused(fused, target, database, prepack),
+                           target), method, picks)
+
+
+def build(lower, target: tvm.target.Target) -> tuple[tvm.runtime.Executable, tvm.IRModule,
+                                                      tuple[str, ...]]:
+    """(executable, final module, its kernel names) of the module ``lower()`` returns; TVM's
+    errors as BuildError."""
     try:
-        final = pipeline.lower(mod, target, database, prepack=bool(method and method.prepack))
+        final = lower()
         executable = tvm.compile(final, target=target, relax_pipeline=None)
     except Exception as err:  # TVM raises InternalError, TVMError, ValueError...
         raise BuildError(f"TVM failed to build for {target}: {first_line(err)}") from err
-    return Compiled(executable, final, tuple(pipeline.kernel_names(final)), method, picks)
-
-
-def _picked_kernels(mod: tvm.IRModule, target: tvm.target.Target, prepack: bool,
-                    picked) -> int:
-    """How many of the module's kernels (as tuning extracts them) the ``picked`` database
-    holds a record for."""
-    from tvm.s_tir import meta_schedule as ms
-
-    fused = pipeline.fuse(mod, target, prepack)
-    return sum(1 for task in ms.relax_integration.extract_tasks(fused, target)
-               if picked.has_workload(task.dispatched[0]))
+    return executable, final, tuple(pipeline.kernel_names(final))
 
 
 def prepare_out_dir(out_dir: Path) -> Path:

@@ -33,8 +33,8 @@ from typing import Callable
 
 import tvm
 
-from . import bench, frontends, pipeline, records
-from .errors import BadInputError, BuildError, DatabaseError, first_line
+from . import bench, export, frontends, pipeline, records
+from .errors import BadInputError, BuildError, DatabaseError
 from .target import TargetConfig
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def _kernels(mod: tvm.IRModule, config: PickConfig, ranked: records.Ranked,
     target = config.target.tvm_target
     extracted = ms.relax_integration.extract_tasks(mod, target)
     hashes = records.workload_hashes(config.db_dir, [t.dispatched[0] for t in extracted])
-    index_of = {ranked.shash(i): i for i in ranked.records}
+    index_of = {ranked.hashes[i]: i for i in ranked.records}
     kernels = []
     for task, shash in zip(extracted, hashes):
         index = index_of.get(shash)
@@ -115,15 +115,13 @@ def _kernels(mod: tvm.IRModule, config: PickConfig, ranked: records.Ranked,
     return kernels
 
 
-def _build(mod: tvm.IRModule, config: PickConfig, ranked: records.Ranked,
+def _build(fused: tvm.IRModule, config: PickConfig, ranked: records.Ranked,
            chosen: dict[int, list], prepack: bool) -> tvm.runtime.Executable:
-    """The network compiled with ``chosen`` records."""
+    """The network (``fused`` by ``pipeline.fuse``) compiled with ``chosen`` records."""
     target = config.target.tvm_target
-    try:
-        final = pipeline.lower(mod, target, records.memory_database(ranked, chosen), prepack)
-        executable = tvm.compile(final, target=target, relax_pipeline=None)
-    except Exception as err:  # TVM raises InternalError, TVMError, ValueError...
-        raise BuildError(f"TVM failed to build for {target}: {first_line(err)}") from err
+    database = records.memory_database(ranked, chosen)
+    executable, _, _ = export.build(
+        lambda: pipeline.lower_fused(fused, target, database, prepack), target)
     return executable
 
 
@@ -165,8 +163,8 @@ def pick(imported: frontends.ImportedModel, config: PickConfig,
     current, _ = records.choose(ranked, records.read_picks(config.db_dir, target))
     with target:
         optimized = pipeline.optimize(imported.mod, config.fuse_shuffle, config.layout)
-    kernels = _kernels(pipeline.fuse(optimized, target, method.prepack), config, ranked,
-                       current)
+    fused = pipeline.fuse(optimized, target, method.prepack)  # once, for every build
+    kernels = _kernels(fused, config, ranked, current)
     judged = [k for k in kernels if len(k.candidates) > 1]
     if not judged:
         return PickResult(imported.name, [], None, None, None, 0, 0,
@@ -182,7 +180,7 @@ def pick(imported: frontends.ImportedModel, config: PickConfig,
         for kernel in judged:
             candidates = kernel.candidates
             chosen[kernel.index] = candidates[rank] if rank < len(candidates) else candidates[0]
-        builds.append(_build(optimized, config, ranked, chosen, method.prepack))
+        builds.append(_build(fused, config, ranked, chosen, method.prepack))
     step(f"timing {len(judged)} kernels' candidates in {ranks} builds, {config.runs} runs each")
     timers = [bench.KernelTimer(_vm(build)) for build in builds]
     medians = _in_network(timers, x, config.runs)
@@ -206,7 +204,7 @@ def pick(imported: frontends.ImportedModel, config: PickConfig,
         for choice in changed:
             kernel = by_name[choice.name]
             chosen[kernel.index] = kernel.candidates[choice.chosen]
-        builds.append(_build(optimized, config, ranked, chosen, method.prepack))
+        builds.append(_build(fused, config, ranked, chosen, method.prepack))
         # VMs of their own: the timers' instruments would slow every kernel call
         current_vm, picked_vm = _vm(builds[0]), _vm(builds[-1])
         result.max_abs_err = bench.max_abs_error(bench.flatten_outputs(picked_vm["main"](x)),
@@ -237,7 +235,7 @@ def _append(config: PickConfig, model: str, target, ranked: records.Ranked,
         kernel = by_name[choice.name]
         own = [ms_ for (other, ms_), _ in ranked.records[kernel.index] if not other]
         lines.append({
-            "workload": ranked.shash(kernel.index),
+            "workload": ranked.hashes[kernel.index],
             "trace": records.trace_key(kernel.candidates[choice.chosen][0]),
             "target": str(target),
             "fastest_ms": own[0],

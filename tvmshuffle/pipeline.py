@@ -83,9 +83,15 @@ def lower(mod: tvm.IRModule, target: tvm.target.Target, database=None,
     if database is None:
         with target:
             return relax.get_default_pipeline(target)(mod)
+    return lower_fused(fuse(mod, target, prepack), target, database, prepack)
+
+
+def lower_fused(mod: tvm.IRModule, target: tvm.target.Target, database,
+                prepack: bool = False) -> tvm.IRModule:
+    """``lower`` with a database, of a module ``fuse`` made already (so that one fused module
+    serves several databases, and the tasks read from it)."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
-    mod = fuse(mod, target, prepack)
     with target, database:  # the passes look both up when constructed
         passes = [relax.transform.MetaScheduleApplyDatabase()]
         if prepack:

@@ -270,22 +270,21 @@ class Ranked:
     """A database's records as ``compile`` weighs them, read from the JSON lines."""
 
     workloads: list[bytes]  # the workload file's lines
+    hashes: list[str]  # of each: the structural hash MetaSchedule keys the workload by
     # per workload index, its timed records as JSON, own target first, then fastest:
     # ((measured with another target, mean ms), the record)
     records: dict[int, list[tuple[tuple[bool, float], list]]]
-
-    def shash(self, index: int) -> str:
-        """The structural hash MetaSchedule keys the workload by."""
-        return str(json.loads(self.workloads[index])[0])
 
 
 def read_ranked(db_dir: Path, target: tvm.target.Target) -> Ranked:
     """Every timed record of ``db_dir``, ranked for ``target``, after checking each line."""
     if not (db_dir / RECORD_FILE).exists():
         raise DatabaseError(f"no tuning database in {db_dir} (expected {RECORD_FILE})")
-    workloads = []
+    workloads, hashes = [], []
     if (db_dir / WORKLOAD_FILE).exists():
-        workloads = [line for line, _ in _json_lines(db_dir / WORKLOAD_FILE)]
+        for line, fields in _json_lines(db_dir / WORKLOAD_FILE):
+            workloads.append(line)
+            hashes.append(str(fields[0]) if isinstance(fields, list) and fields else "")
     target_str = str(target)
     same_target: dict[str, bool] = {}  # a record's target, as JSON -> is it ``target``
     ranked: dict[int, list] = {}
@@ -312,7 +311,7 @@ def read_ranked(db_dir: Path, target: tvm.target.Target) -> Ranked:
         ranked.setdefault(index, []).append(((not same_target[key], time_ms), record))
     for entries in ranked.values():
         entries.sort(key=lambda entry: entry[0])
-    return Ranked(workloads, ranked)
+    return Ranked(workloads, hashes, ranked)
 
 
 def trace_key(trace) -> str:
@@ -368,7 +367,7 @@ def choose(ranked: Ranked, picks: dict[str, Pick]) -> tuple[dict[int, list], set
     for index, entries in ranked.records.items():
         (other_target, fastest_ms), record = entries[0]
         chosen[index] = record
-        pick = picks.get(ranked.shash(index)) if picks and not other_target else None
+        pick = picks.get(ranked.hashes[index]) if picks and not other_target else None
         if pick is None or fastest_ms < pick.fastest_ms * (1 - 1e-9):
             continue
         for (other, _), candidate in entries:
