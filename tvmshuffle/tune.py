@@ -239,13 +239,59 @@ def export_candidate(linker: toolchain.Toolchain, mod: tvm.runtime.Module) -> st
     return path
 
 
-def _builder(config: TuneConfig):
-    from tvm.s_tir import meta_schedule as ms
+def _build_in_worker(f_build, f_export, mod: tvm.IRModule, target: tvm.target.Target) -> str:
+    return f_export(f_build(mod, target, None))
 
+
+BUILDS_PER_WORKER = 64  # then a builder worker is replaced (LLVM leaks a little per build)
+
+
+@functools.cache
+def _pooled_builder_class():
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+    @derived_object
+    class PooledBuilder(ms.builder.PyBuilder):
+        """MetaSchedule's LocalBuilder with worker processes that outlive a batch. LocalBuilder
+        starts new ones for every batch (against a memory leak), and each fresh worker imports
+        TVM, which imports PyTorch: about 3 s a batch on 2 cores, more than building a small
+        batch. Here a worker is replaced after BUILDS_PER_WORKER builds or a timeout."""
+
+        def __init__(self, max_workers: int, timeout: float, f_build, f_export):
+            super().__init__()
+            self.f_build, self.f_export = f_build, f_export
+            self.pool = PopenPoolExecutor(max_workers=max_workers, timeout=timeout,
+                                          maximum_process_uses=BUILDS_PER_WORKER)
+            self.timeout = timeout
+
+        def build(self, build_inputs):
+            results = []
+            outcomes = self.pool.map_with_error_catching(
+                lambda args: _build_in_worker(*args),
+                [(self.f_build, self.f_export, inp.mod, inp.target) for inp in build_inputs])
+            for outcome in outcomes:
+                if outcome.status == StatusKind.COMPLETE:
+                    results.append(ms.builder.BuilderResult(outcome.value, None))
+                elif outcome.status == StatusKind.TIMEOUT:
+                    results.append(ms.builder.BuilderResult(
+                        None, f"build timed out after {self.timeout:g} s"))
+                else:
+                    results.append(ms.builder.BuilderResult(
+                        None, f"build failed: {outcome.value}"))
+            return results
+
+        def close(self) -> None:
+            self.pool.shutdown()
+
+    return PooledBuilder
+
+
+def _builder(config: TuneConfig):
     linker = toolchain.find(config.target, config.android_api)
-    return ms.builder.LocalBuilder(max_workers=os.cpu_count() or 1, timeout_sec=config.timeout,
-                                   f_build=build_candidate,
-                                   f_export=functools.partial(export_candidate, linker))
+    return _pooled_builder_class()(os.cpu_count() or 1, config.timeout, build_candidate,
+                                   functools.partial(export_candidate, linker))
 
 
 def _runner(config: TuneConfig, tracker: TrackerConfig, devices: int):
@@ -640,21 +686,34 @@ def _shares(tasks: list[Task], trials: int, best: dict[str, float | None]) -> di
 
 def tune(mod: tvm.IRModule, config: TuneConfig, tracker: TrackerConfig, devices: int,
          progress: Progress | None = None) -> list[TaskResult]:
-    """Tune the selected tasks of ``mod`` into the database in ``config.db_dir``.
+    """Tune the selected tasks of ``mod`` into the database in ``config.db_dir``."""
+    return tune_tasks(tasks_of(mod, config), config, tracker, devices, progress)
+
+
+def tasks_of(mod: tvm.IRModule, config: TuneConfig) -> list[Task]:
+    """The tasks of ``mod`` that ``config`` tunes (no device needed yet); BadInputError if the
+    database holds records of another method."""
+    settle_method(config.db_dir, config.method.prepack, config.method.flush_caches)  # a mix?
+    return select(extract_tasks(mod, config), config.ops)
+
+
+def tune_tasks(tasks: list[Task], config: TuneConfig, tracker: TrackerConfig, devices: int,
+               progress: Progress | None = None) -> list[TaskResult]:
+    """Tune ``tasks`` (from ``tasks_of``) into the database in ``config.db_dir``.
 
     Ctrl-C ends tuning after the batch being measured is recorded, then raises
     KeyboardInterrupt: the database keeps every record, a re-run resumes."""
     import xgboost  # noqa: F401 - imported here, not inside a callback that Ctrl-C may hit
 
     progress = progress or Progress()
-    settle_method(config.db_dir, config.method.prepack, config.method.flush_caches)  # a mix?
-    tasks = select(extract_tasks(mod, config), config.ops)
     view = TaskDatabase(config.db_dir, [task.extracted.dispatched[0] for task in tasks])
     write_method(config.db_dir, config.method)
+    builder = _builder(config)
     try:
-        return _interruptible(lambda stop: _tune_tasks(tasks, config, view, tracker, devices,
-                                                       progress, stop))
+        return _interruptible(lambda stop: _tune_tasks(tasks, config, view, builder, tracker,
+                                                       devices, progress, stop))
     finally:
+        builder.close()
         view.close()  # the last records reach db_dir whatever ended the tune
 
 
@@ -685,13 +744,13 @@ def _interruptible(work: Callable[[threading.Event], list[TaskResult]]) -> list[
     return outcome["value"]
 
 
-def _tune_tasks(tasks: list[Task], config: TuneConfig, view: TaskDatabase,
+def _tune_tasks(tasks: list[Task], config: TuneConfig, view: TaskDatabase, builder,
                 tracker: TrackerConfig, devices: int, progress: Progress,
                 stop: threading.Event) -> list[TaskResult]:
     from tvm.s_tir import meta_schedule as ms
 
     database = view.database
-    builder, runner = _builder(config), _runner(config, tracker, devices)
+    runner = _runner(config, tracker, devices)
     cold_runner = None  # refine's second look at warm winners, with the caches flushed
     if config.refine and not config.method.flush_caches:
         cold_runner = _runner(replace(config, method=replace(config.method, flush_caches=True)),
