@@ -93,6 +93,14 @@ def _devices(stack: contextlib.ExitStack, rpc_tracker: str | None, rpc_key: str 
              threads: int, session_timeout: int, quiet: bool):
     """The tracker to use and how many devices it has under the key: the given one, or the
     embedded default (entered on ``stack``, so it stops when the command ends)."""
+    return _devices_starting(stack, rpc_tracker, rpc_key, threads, session_timeout, quiet)()
+
+
+def _devices_starting(stack: contextlib.ExitStack, rpc_tracker: str | None,
+                      rpc_key: str | None, threads: int, session_timeout: int, quiet: bool):
+    """``_devices`` in two steps: a given tracker is checked now (before any import or build),
+    the embedded default starts now; the returned function gives (tracker, devices), waiting
+    for the embedded device if it is not up yet. Its servers start while the model imports."""
     import dataclasses
 
     from . import remote, report
@@ -103,13 +111,18 @@ def _devices(stack: contextlib.ExitStack, rpc_tracker: str | None, rpc_key: str 
             raise BadInputError("--rpc-tracker needs --rpc-key (the device key at the tracker)")
         host, port = remote.parse_tracker(rpc_tracker)
         tracker = remote.TrackerConfig(host, port, rpc_key, session_timeout)
-        return tracker, remote.free_devices(tracker, timeout=min(session_timeout, 10))
+        devices = remote.free_devices(tracker, timeout=min(session_timeout, 10))
+        return lambda: (tracker, devices)
     if rpc_key:
         raise BadInputError("--rpc-key needs --rpc-tracker (the embedded default has one "
                             f"device, key '{remote.EMBEDDED_KEY}')")
-    with report.step("starting the embedded tracker and device", quiet=quiet):
-        tracker = stack.enter_context(remote.embedded_device(threads))
-    return dataclasses.replace(tracker, session_timeout=session_timeout), 1
+    ready = stack.enter_context(remote.embedded_device_starting(threads))
+
+    def embedded():
+        with report.step("starting the embedded tracker and device", quiet=quiet):
+            return dataclasses.replace(ready(), session_timeout=session_timeout), 1
+
+    return embedded
 
 
 target_option = click.option(
@@ -308,14 +321,17 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
                                patience=patience or None,
                                method=records.settle_method(db, prepack, flush_caches),
                                refine=refine)
-    with report.step(f"importing {model}", quiet=as_json):
-        imported = frontends.load(frontends.ModelSpec(model, input_size))
-    start = _time.perf_counter()
     with contextlib.ExitStack() as stack:
-        tracker, devices = _devices(stack, rpc_tracker, rpc_key, config_target.num_cores,
-                                    timeout, as_json)
+        devices_up = _devices_starting(stack, rpc_tracker, rpc_key, config_target.num_cores,
+                                       timeout, as_json)
+        with report.step(f"importing {model}", quiet=as_json):
+            imported = frontends.load(frontends.ModelSpec(model, input_size))
+        start = _time.perf_counter()
+        with report.step("finding the kernels to tune", quiet=as_json):
+            tasks = tuning.tasks_of(imported.mod, config)
+        tracker, devices = devices_up()
         with report.TuneProgress(quiet=as_json) as progress:
-            results = tuning.tune(imported.mod, config, tracker, devices, progress)
+            results = tuning.tune_tasks(tasks, config, tracker, devices, progress)
     data = report.tune_json(results, config, tracker.address, tracker.key,
                             _time.perf_counter() - start)
     report.emit_json(data) if as_json else report.tune_table(data)

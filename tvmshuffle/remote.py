@@ -14,9 +14,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .errors import BadInputError, DeviceError
 
@@ -115,30 +116,64 @@ def embedded_device(threads: int = 1, key: str = EMBEDDED_KEY,
                     ready_timeout: float = 120.0) -> Iterator[TrackerConfig]:
     """A tracker and one host-CPU RPC server on 127.0.0.1, stopped on exit (also on Ctrl-C and
     on error). The server's TVM thread pool has ``threads`` threads."""
+    with embedded_device_starting(threads, key, ready_timeout) as ready:
+        yield ready()
+
+
+@contextlib.contextmanager
+def embedded_device_starting(threads: int = 1, key: str = EMBEDDED_KEY,
+                             ready_timeout: float = 120.0
+                             ) -> Iterator[Callable[[], TrackerConfig]]:
+    """The embedded device of ``embedded_device``, started in the background: yields at once a
+    ``ready()`` that waits until the server is registered and returns the tracker's config
+    (DeviceError if it could not start). The tracker and server import TVM (seconds each)
+    while the caller imports its model. Stopped on exit, ready or not."""
     port = _free_port()
     env = {**os.environ, "TVM_NUM_THREADS": str(threads)}
     config = TrackerConfig(LOOPBACK, port, key)
-    tracker = _spawn(["tvm.exec.rpc_tracker", "--host", LOOPBACK, "--port", str(port),
-                      "--port-end", str(port + 1), "--silent"], env)
-    server = None
-    try:
-        # the server starts while the tracker is still starting: each is a Python importing TVM
-        # that starts a worker Python importing it again (seconds each). Once the tracker has
-        # its worker it is one import from listening and the server two from registering;
-        # a server that comes first retries after 5 s.
-        _wait(lambda: _started_worker(tracker, config), {"tracker": tracker}, ready_timeout)
-        server_port = _free_port()
-        server = _spawn(["tvm.exec.rpc_server", "--host", LOOPBACK, "--port", str(server_port),
-                         "--port-end", str(server_port + 50), "--tracker", config.address,
-                         "--key", key, "--silent"], env)
-        _wait(lambda: free_devices(config, timeout=1.0),
-              {"tracker": tracker, "device server": server}, ready_timeout)
+    procs = {"tracker": _spawn(["tvm.exec.rpc_tracker", "--host", LOOPBACK, "--port", str(port),
+                                "--port-end", str(port + 1), "--silent"], env)}
+    cancel = threading.Event()
+    outcome: dict[str, BaseException] = {}
+
+    def start_server() -> None:
+        try:
+            # the server starts while the tracker is still starting: each is a Python importing
+            # TVM that starts a worker Python importing it again. Once the tracker has its
+            # worker it is one import from listening and the server two from registering; a
+            # server that comes first retries after 5 s.
+            _wait(lambda: _started_worker(procs["tracker"], config), dict(procs),
+                  ready_timeout, cancel)
+            if cancel.is_set():
+                return
+            server_port = _free_port()
+            procs["device server"] = _spawn(
+                ["tvm.exec.rpc_server", "--host", LOOPBACK, "--port", str(server_port),
+                 "--port-end", str(server_port + 50), "--tracker", config.address, "--key", key,
+                 "--silent"], env)
+            _wait(lambda: free_devices(config, timeout=1.0), dict(procs), ready_timeout, cancel)
+        except BaseException as err:  # handed to ready()
+            outcome["error"] = err
+
+    starter = threading.Thread(target=start_server, name="tvmshuffle-embedded-device",
+                               daemon=True)
+    starter.start()
+
+    def ready() -> TrackerConfig:
+        starter.join()
+        if "error" in outcome:
+            raise outcome["error"]
         log.info("embedded tracker %s with device key '%s'", config.address, key)
-        yield config
+        return config
+
+    try:
+        yield ready
     finally:
-        if server is not None:
-            _stop(server)
-        _stop(tracker)
+        cancel.set()
+        starter.join()
+        for name in ("device server", "tracker"):
+            if name in procs:
+                _stop(procs[name])
 
 
 def _started_worker(tracker: subprocess.Popen, config: TrackerConfig) -> None:
@@ -151,11 +186,12 @@ def _started_worker(tracker: subprocess.Popen, config: TrackerConfig) -> None:
     summary(config, timeout=1.0)
 
 
-def _wait(probe, procs: dict[str, subprocess.Popen], timeout: float) -> None:
-    """Until ``probe`` stops raising DeviceError; DeviceError if one of ``procs`` (by what it
-    is) exits first or ``timeout`` passes."""
+def _wait(probe, procs: dict[str, subprocess.Popen], timeout: float,
+          cancel: threading.Event | None = None) -> None:
+    """Until ``probe`` stops raising DeviceError or ``cancel`` is set; DeviceError if one of
+    ``procs`` (by what it is) exits first or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
-    while True:
+    while not (cancel and cancel.is_set()):
         for what, proc in procs.items():
             if proc.poll() is not None:
                 raise DeviceError(f"the embedded {what} exited with code {proc.returncode}")
