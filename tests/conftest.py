@@ -4,6 +4,7 @@ in-process, its one-line errors, and device servers registered at a loopback tra
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -72,6 +73,25 @@ def model_files(tmp_path_factory):
     corrupt = root / "corrupt.onnx"
     corrupt.write_bytes(b"this is not a protobuf \x00\xff" * 10)
     return {"pt2": pt2, "onnx": onnx_path, "corrupt": corrupt, "name": name, "shape": shape}
+
+
+@pytest.fixture(scope="session")
+def _depthwise_db(tmp_path_factory):
+    db = tmp_path_factory.mktemp("tuned") / "db"
+    result = invoke("tune", "shufflenet_v1_g3_0.25x", "--input-size", "64x64", "--ops",
+                    "depthwise", "--trials-per-task", "5", "--trials", "10", "--patience", "0",
+                    "--db", str(db), "--json")
+    assert result.exit_code == 0, result.output
+    return db
+
+
+@pytest.fixture
+def depthwise_db(_depthwise_db, tmp_path):
+    """A copy of a database tuned once per session (on the embedded device): ShuffleNet 0.25x
+    g3 at 64x64, two depthwise tasks with five schedules each."""
+    db = tmp_path / "db"
+    shutil.copytree(_depthwise_db, db)
+    return db
 
 
 @pytest.fixture(scope="session")

@@ -13,13 +13,10 @@ pytestmark = pytest.mark.slow
 MODEL = ("shufflenet_v1_g3_0.25x", "--input-size", "64x64")
 
 
-def test_pick_judges_candidates_in_the_network_and_compile_follows(tmp_path):
+def test_pick_judges_candidates_in_the_network_and_compile_follows(depthwise_db, tmp_path):
     """Every tuned kernel with two schedules is timed in two builds of the network; picks are
     written only when the network with them ran faster, and compile applies each of them."""
-    db = tmp_path / "db"
-    tuned = invoke("tune", *MODEL, "--ops", "depthwise", "--trials", "8", "--db", str(db),
-                   "--patience", "0", "--json")
-    assert tuned.exit_code == 0, tuned.output
+    db = depthwise_db
     record_file = (db / records.RECORD_FILE).read_bytes()
 
     result = invoke("pick", *MODEL, "--db", str(db), "--candidates", "2", "--runs", "20",
