@@ -1,7 +1,11 @@
-"""How `tune` shares a trial budget among tasks: even warm-up, then where the time is."""
+"""How `tune` shares a trial budget among tasks (even warm-up, then where the time is) and
+when a task's search stops early."""
 
 from __future__ import annotations
 
+import threading
+
+import pytest
 from tvmshuffle import tune
 
 
@@ -32,3 +36,36 @@ def test_beyond_the_warm_up_trials_follow_the_weighted_latency_once_measured():
     shares = tune._shares(TASKS, 3 * tune.WARMUP + 230, best)
     assert shares == {"heavy": 32 + 70, "light": 32 + 130, "mid": 32 + 30}
     assert sum(shares.values()) == 3 * tune.WARMUP + 230
+
+
+class _Quiet:
+    def trials(self, *args):
+        pass
+
+
+def _batches_until_stopped(batches: list[list[float]], patience: int, budget: int):
+    """Feed measured batches (seconds per trial) to the progress callback as MetaSchedule
+    would; returns (batches seen before it stopped the search, converged)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    scheduler = ms.task_scheduler.TaskScheduler.create("round-robin")
+    report = tune._progress_callback(TASKS[0], _Quiet(), None, threading.Event(), patience,
+                                     budget)
+    for seen, batch in enumerate(batches, 1):
+        results = [ms.runner.RunnerResult([secs], None) for secs in batch]
+        try:
+            report.apply(scheduler, 0, [], [], results)
+        except Exception:  # its _Stop, raised back through the FFI
+            return seen, report.converged
+    return len(batches), report.converged
+
+
+@pytest.mark.parametrize("first, stops_after, converged", [
+    ([2e-3] * 31 + [1e-3], 2, False),  # the batch's last trial was its best: the budget runs out
+    ([1e-3] + [2e-3] * 31, 1, True),  # 31 trials without a gain: stopped before the budget
+])
+def test_patience_stops_a_task_only_before_its_budget(first, stops_after, converged):
+    """A task is converged (stopped early) when `patience` trials brought no 1% gain and
+    trials of its budget are left; a stale last batch of the budget is not an early stop."""
+    assert _batches_until_stopped([first, [1e-3] * 8], patience=8, budget=40) == (
+        stops_after, converged)

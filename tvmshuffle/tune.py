@@ -601,7 +601,7 @@ class _Stop(Exception):
 
 
 def _progress_callback(task: Task, progress: Progress, start_best: float | None,
-                       stop: threading.Event, patience: int | None,
+                       stop: threading.Event, patience: int | None, budget: int,
                        saved: Callable[[], None] = lambda: None):
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
@@ -628,7 +628,8 @@ def _progress_callback(task: Task, progress: Progress, start_best: float | None,
             progress.trials(task, self.done, self.best)
             if stop.is_set():  # the database callback before this one has saved the batch
                 raise _Stop()
-            if patience and self.stale >= patience:
+            # converged means stopped early: a stale last batch of the budget ends it anyway
+            if patience and self.stale >= patience and self.done < budget:
                 self.converged = True
                 raise _Stop()
 
@@ -779,7 +780,7 @@ def _tune_tasks(tasks: list[Task], config: TuneConfig, view: TaskDatabase, build
         progress.task_started(task, todo)
         if todo > 0:
             report = _progress_callback(task, progress, best_ms(_records(database, task, target)),
-                                        stop, config.patience, view.sync)
+                                        stop, config.patience, todo, view.sync)
             callbacks = [*ms.measure_callback.MeasureCallback.create("default"), report]
             try:
                 ms.tune_tasks(tasks=[_context(task, config, todo)],
