@@ -30,12 +30,13 @@ def test_a_host_cpu_uses_its_own_database_first(tmp_path, monkeypatch):
 
 
 def test_a_host_cpu_without_a_database_uses_a_siblings(tmp_path, monkeypatch):
-    """Zen 4 and Zen 5 share AVX-512: a Zen 4 host with no database of its own applies and
-    resumes the Zen 5 one, here or shipped beside the package."""
+    """Zen 4, Zen 5 and Intel's AVX-512 CPUs share a vector ISA: such a host with no database
+    of its own applies and resumes the Zen 5 one, here or shipped beside the package."""
     monkeypatch.chdir(tmp_path)
     sibling = _make_db(tmp_path / "schedules" / "host-znver5")
-    assert records.default_db_dir(_host("znver4"), "generic") == Path("schedules/host-znver5")
-    assert records.shipped_db_dir(_host("znver4"), "generic") == Path("schedules/host-znver5")
+    for cpu in ("znver4", "skylake-avx512", "rocketlake"):
+        assert records.default_db_dir(_host(cpu), "generic") == Path("schedules/host-znver5")
+        assert records.shipped_db_dir(_host(cpu), "generic") == Path("schedules/host-znver5")
     (sibling / records.RECORD_FILE).unlink()
     shipped = Path(tune.__file__).resolve().parent.parent / "schedules" / "host-znver5"
     if (shipped / records.RECORD_FILE).exists():  # a source checkout
@@ -43,11 +44,13 @@ def test_a_host_cpu_without_a_database_uses_a_siblings(tmp_path, monkeypatch):
 
 
 def test_a_host_cpu_without_siblings_gets_a_new_database(tmp_path, monkeypatch):
+    """A CPU of another vector ISA (AVX2 only), or one LLVM does not know, tunes its own."""
     monkeypatch.chdir(tmp_path)
     _make_db(tmp_path / "schedules" / "host-znver5")
-    assert records.default_db_dir(_host("skylake-avx512"), "generic") == Path(
-        "schedules/host-skylake-avx512")
-    assert records.shipped_db_dir(_host("skylake-avx512"), "generic") is None
+    _make_db(tmp_path / "schedules" / "host-not-a-cpu")
+    for cpu in ("haswell", "x86-64", "not-a-cpu"):
+        assert records.default_db_dir(_host(cpu), "generic") == Path(f"schedules/host-{cpu}")
+    assert records.shipped_db_dir(_host("haswell"), "generic") is None
 
 
 def _scheduled(mod, split: bool, factor: int = 4):

@@ -221,7 +221,8 @@ def flops_cmd(model: str, input_size, per_layer: bool, as_json: bool) -> None:
 @layout_option
 @click.option("--db", type=click.Path(path_type=Path),
               help="Apply the best schedules of this tuning database (default: "
-                   "schedules/<target>/ when it exists, as `tvmshuffle tune` writes it).")
+                   "schedules/<target>/ when it exists, as `tvmshuffle tune` writes it; for a "
+                   "host CPU with none, that of a CPU with the same vector ISA).")
 @click.option("--no-db", is_flag=True, help="Build untuned, ignoring any database.")
 @threads_option
 @android_api_option
@@ -267,8 +268,9 @@ def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dum
 @click.option("--ops", default="grouped,depthwise", show_default=True,
               help="Kinds of task to tune: grouped, depthwise, conv, dense, other, or all.")
 @click.option("--db", type=click.Path(path_type=Path),
-              help="Tuning database directory (default: schedules/<target>/). Appended to, "
-                   "never rewritten; re-running resumes.")
+              help="Tuning database directory (default: schedules/<target>/; for a host CPU "
+                   "with none, that of a CPU with the same vector ISA, whose fastest schedules "
+                   "are re-timed here first). Appended to, never rewritten; re-running resumes.")
 @click.option("--timeout", default=60, show_default=True, type=click.IntRange(min=1),
               help="Seconds allowed for one build and for one device session.")
 @click.option("--patience", default=64, show_default=True, type=click.IntRange(min=0),

@@ -12,6 +12,7 @@ tunes (TaskDatabase), compile only the one it applies per kernel, picked from th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -226,20 +227,50 @@ def best_ms(records: list) -> float | None:
     return min(times) if times else None
 
 
-# Host CPUs (as LLVM names them) with the same vector ISA, whose schedules transfer: a host with
-# no database of its own uses, and appends to, a sibling's. Each record keeps the target it was
-# measured with.
-HOST_CPU_SIBLINGS = {"znver4": ("znver5",), "znver5": ("znver4",)}
+# The widest vector ISA a host CPU has, as LLVM names its features: CPUs with the same one share
+# vector width and instructions, so schedules tuned on one are a start on the other (each record
+# keeps the target it was measured with, and tune re-times them before counting them).
+VECTOR_ISAS = {"x86_64": ("avx512f", "avx2", "avx"), "aarch64": ("sve2", "sve", "neon")}
+
+
+@functools.cache
+def vector_isa(mtriple: str, mcpu: str) -> str | None:
+    """The widest of VECTOR_ISAS that LLVM's ``mcpu`` has; None for a name LLVM does not know."""
+    from tvm.target import codegen
+
+    arch = mtriple.split("-")[0]
+    if arch not in VECTOR_ISAS:
+        return None
+    if not codegen.llvm_is_valid_cpu(mcpu, mtriple):
+        return None
+    features = set(codegen.llvm_get_cpu_features(
+        tvm.target.Target({"kind": "llvm", "mtriple": mtriple, "mcpu": mcpu})))
+    return next((isa for isa in VECTOR_ISAS[arch] if isa in features), None)
+
+
+def host_cpu_siblings(mtriple: str, mcpu: str) -> list[str]:
+    """CPUs with a host database (under the working directory, else beside this package) and
+    the same vector ISA as ``mcpu``, by name (``mcpu`` itself excluded)."""
+    isa = vector_isa(mtriple, mcpu)
+    if isa is None:
+        return []
+    names = set()
+    for root in (Path("schedules"), Path(__file__).resolve().parent.parent / "schedules"):
+        if root.is_dir():
+            names.update(d.name.removeprefix("host-") for d in root.glob("host-*")
+                         if (d / RECORD_FILE).exists())
+    return sorted(name for name in names - {mcpu} if vector_isa(mtriple, name) == isa)
 
 
 def default_db_dir(target: TargetConfig, device: str) -> Path:
-    """schedules/host-<mcpu>/ for the host (or, when only a sibling CPU's exists under the
-    working directory or beside this package, that one), schedules/<target>-<device>/ for a
-    device."""
+    """schedules/host-<mcpu>/ for the host (or, when only a CPU of the same vector ISA has one,
+    under the working directory or beside this package, that one), schedules/<target>-<device>/
+    for a device."""
     spec = dict(target.spec)
     if target.name == "host":
         mcpu = spec.get("mcpu", "generic")
-        for name in (mcpu, *HOST_CPU_SIBLINGS.get(mcpu, ())):
+        mtriple = spec.get("mtriple", "x86_64-unknown-linux-gnu")
+        for name in (mcpu, *host_cpu_siblings(mtriple, mcpu)):
             if _located(Path("schedules") / f"host-{name}") is not None:
                 return Path("schedules") / f"host-{name}"
         return Path("schedules") / f"host-{mcpu}"
