@@ -87,6 +87,7 @@ def test_compare_tunes_first_when_asked(tmp_path):
     row = json.loads(result.stdout)["rows"][0]
     assert len((db / "database_tuning_record.json").read_bytes().splitlines()) >= 4
     assert row["tuned_kernels"] >= 1 and row["max_abs_err"] <= 1e-4
+    assert row["measured_elsewhere"] == 0  # tuned on this CPU
 
 
 @pytest.mark.slow

@@ -308,7 +308,8 @@ def test_schedules_of_another_cpu_are_retimed_here_before_tuning(tracker, depthw
                                                                  tmp_path):
     """Records measured on a sibling CPU (another mcpu) do not count as this CPU's: a tune
     first re-times the fastest distinct ones here and records them with this target (once: a
-    re-run re-times nothing), and compile picks from those."""
+    re-run re-times nothing), and compile picks from those; its manifest counts the kernels it
+    compiled with another CPU's records."""
     from tvmshuffle import target
 
     ours = json.loads(str(target.resolve("host").tvm_target))["mcpu"]
@@ -320,6 +321,9 @@ def test_schedules_of_another_cpu_are_retimed_here_before_tuning(tracker, depthw
                for line in record_lines(db)]
     assert all(f'"{sibling}"'.encode() in line for line in foreign)
     (db / records.RECORD_FILE).write_bytes(b"\n".join(foreign) + b"\n")
+    result = invoke("compile", *MODEL, "--db", str(db), "-o", str(tmp_path / "out"), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["tuning"]["measured_elsewhere"] == {sibling: 2}
 
     # a budget the records already cover: this run only re-times
     first = tune_json("--ops", "depthwise", "--trials-per-task", "1", "--trials", "1", "--db",
@@ -340,4 +344,6 @@ def test_schedules_of_another_cpu_are_retimed_here_before_tuning(tracker, depthw
     assert sum(t["remeasured"] for t in again["tasks"]) == 0 and record_lines(db) == lines
     result = invoke("compile", *MODEL, "--db", str(db), "-o", str(tmp_path / "out"), "--json")
     assert result.exit_code == 0, result.output
-    assert {t["name"] for t in tasks} <= set(json.loads(result.stdout)["tuning"]["tuned_kernels"])
+    tuning = json.loads(result.stdout)["tuning"]
+    assert {t["name"] for t in tasks} <= set(tuning["tuned_kernels"])
+    assert tuning["measured_elsewhere"] == {}

@@ -72,6 +72,7 @@ class Cell:
     latency_ms: float | None = None  # tvmshuffle .so on the device
     max_abs_err: float | None = None
     tuned_kernels: int = 0
+    measured_elsewhere: int = 0  # of the tuned kernels, those with another target's records
     kernels: int = 0
     peers_ms: dict | None = None  # engine -> ms on the host
     error: str | None = None  # why the cell is missing
@@ -116,6 +117,7 @@ def measure_cell(name: str, size: tuple[int, int], config: CompareConfig, work: 
     cell.latency_ms = result.latency.median_ms
     cell.max_abs_err = result.max_abs_err
     cell.tuned_kernels = len(manifest["tuning"]["tuned_kernels"])
+    cell.measured_elsewhere = sum(manifest["tuning"]["measured_elsewhere"].values())
     cell.kernels = len(manifest["kernels"])
     cell.peers_ms = _peers(name, imported, artifact, config, work)
     return cell

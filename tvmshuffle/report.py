@@ -97,6 +97,11 @@ def compile_summary(manifest: dict, out_dir: str) -> None:
         out.print(f"  tuned kernels: {len(tuning['tuned_kernels'])}/{len(manifest['kernels'])}"
                   f" from {tuning['db']}"
                   + (f" ({picked} with schedules picked in the network)" if picked else ""))
+        elsewhere = tuning.get("measured_elsewhere") or {}
+        if elsewhere:
+            out.print(f"  [yellow]{sum(elsewhere.values())} of them timed on another target "
+                      f"only[/yellow] ({', '.join(f'{n} on {t}' for t, n in elsewhere.items())})"
+                      ": `tvmshuffle tune` re-times them here first")
     else:
         out.print("  [yellow]untuned[/yellow]: no tuning database (run `tvmshuffle tune`); "
                   "expect naive, slow kernels")
@@ -333,6 +338,7 @@ def compare_json(cells, config, environment: dict) -> dict:
             "model": cell.model, "size": _size(cell.size), "mflops": round(cell.macs / 1e6, 2),
             "latency_ms": cell.latency_ms, "max_abs_err": cell.max_abs_err,
             "tuned_kernels": cell.tuned_kernels, "kernels": cell.kernels,
+            "measured_elsewhere": cell.measured_elsewhere,
             "peers_ms": cell.peers_ms, "error": cell.error, "paper_sd820_ms": paper,
             "speedup_over": {b: over[b].get(key) for b in over},
         })
@@ -363,7 +369,9 @@ def compare_table(data: dict, console: Console | None = None) -> None:
         latency = (f"{row['latency_ms']:.2f}" if row["latency_ms"] is not None
                    else "[red]missing[/red]")
         table.add_row(row["model"], row["size"], f"{row['mflops']:.0f}", latency,
-                      f"{row['tuned_kernels']}/{row['kernels']}",
+                      f"{row['tuned_kernels']}/{row['kernels']}"
+                      + (f" ({row['measured_elsewhere']} timed elsewhere)"
+                         if row.get("measured_elsewhere") else ""),
                       f"{peers['torch']:.2f}" if "torch" in peers else "-",
                       f"{peers['onnxruntime']:.2f}" if "onnxruntime" in peers else "-",
                       f"{row['paper_sd820_ms']}" if row["paper_sd820_ms"] else "-",
