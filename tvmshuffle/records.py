@@ -235,7 +235,8 @@ VECTOR_ISAS = {"x86_64": ("avx512f", "avx2", "avx"), "aarch64": ("sve2", "sve", 
 
 @functools.cache
 def vector_isa(mtriple: str, mcpu: str) -> str | None:
-    """The widest of VECTOR_ISAS that LLVM's ``mcpu`` has; None for a name LLVM does not know."""
+    """The widest of VECTOR_ISAS that LLVM's ``mcpu`` has; None when it has none of them or LLVM
+    does not know the name."""
     from tvm.target import codegen
 
     arch = mtriple.split("-")[0]
