@@ -250,16 +250,14 @@ def vector_isa(mtriple: str, mcpu: str) -> str | None:
 
 
 def host_cpu_siblings(mtriple: str, mcpu: str) -> list[str]:
-    """CPUs with a host database (under the working directory, else beside this package) and
-    the same vector ISA as ``mcpu``, by name (``mcpu`` itself excluded)."""
+    """CPUs with a host database folder (under the working directory or beside this package;
+    ``_located`` says which holds records) and the same vector ISA as ``mcpu``, by name
+    (``mcpu`` itself excluded)."""
     isa = vector_isa(mtriple, mcpu)
     if isa is None:
         return []
-    names = set()
-    for root in (Path("schedules"), Path(__file__).resolve().parent.parent / "schedules"):
-        if root.is_dir():
-            names.update(d.name.removeprefix("host-") for d in root.glob("host-*")
-                         if (d / RECORD_FILE).exists())
+    names = {d.name.removeprefix("host-") for root in _roots(Path("schedules"))
+             for d in root.glob("host-*")}
     return sorted(name for name in names - {mcpu} if vector_isa(mtriple, name) == isa)
 
 
@@ -291,10 +289,15 @@ def shipped_db_dir(target: TargetConfig, device: str) -> Path | None:
 def _located(db_dir: Path) -> Path | None:
     """``db_dir`` under the working directory if it holds records, else the one shipped beside
     this package if that does, else None."""
-    for candidate in (db_dir, Path(__file__).resolve().parent.parent / db_dir):
+    for candidate in _roots(db_dir):
         if (candidate / RECORD_FILE).exists():
             return candidate
     return None
+
+
+def _roots(db_dir: Path) -> tuple[Path, Path]:
+    """``db_dir`` under the working directory, and beside this package (a source checkout)."""
+    return db_dir, Path(__file__).resolve().parent.parent / db_dir
 
 
 @dataclass
