@@ -38,6 +38,30 @@ def test_flops_to_speed_fit():
     assert fit["speed_for_4x_fewer_flops"] == pytest.approx(4 ** 0.69)
 
 
+def test_the_device_is_awaited_once_after_the_first_import(monkeypatch):
+    """`run` waits for the device (``connect``) only once the first model has imported, so an
+    embedded device starts meanwhile; every cell is measured with the tracker it gave."""
+    from tvmshuffle import frontends, remote, target
+
+    events = []
+    tracker = remote.TrackerConfig("127.0.0.1", 9190, "host")
+    monkeypatch.setattr(frontends, "load", lambda spec: events.append(("import", spec.model)))
+
+    def measure(imported, name, size, config, work):
+        events.append(("measure", name, config.tracker, config.devices))
+        return cell(name, 1, 1.0)
+
+    def connect():
+        events.append(("connect",))
+        return tracker, 3
+
+    monkeypatch.setattr(compare, "measure_cell", measure)
+    config = compare.CompareConfig(target.resolve("host"), None, ("a", "b"), ((64, 64),), ())
+    compare.run(config, connect=connect)
+    assert events == [("import", "a"), ("connect",), ("measure", "a", tracker, 3),
+                      ("import", "b"), ("measure", "b", tracker, 3)]
+
+
 @pytest.mark.slow
 def test_compare_writes_table_json_and_png(tmp_path):
     """A small grid writes report.md, report.json (numbers that agree with the FLOPs) and a

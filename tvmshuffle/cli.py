@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
+import functools
 import logging
 import os
 import sys
@@ -100,9 +102,8 @@ def _devices_starting(stack: contextlib.ExitStack, rpc_tracker: str | None,
                       rpc_key: str | None, threads: int, session_timeout: int, quiet: bool):
     """``_devices`` in two steps: a given tracker is checked now (before any import or build),
     the embedded default starts now; the returned function gives (tracker, devices), waiting
-    for the embedded device if it is not up yet. Its servers start while the model imports."""
-    import dataclasses
-
+    for the embedded device if it is not up yet (the same pair on every call). Its servers
+    start while the model imports."""
     from . import remote, report
 
     session_timeout = max(session_timeout, remote.DEFAULT_SESSION_TIMEOUT)
@@ -118,6 +119,7 @@ def _devices_starting(stack: contextlib.ExitStack, rpc_tracker: str | None,
                             f"device, key '{remote.EMBEDDED_KEY}')")
     ready = stack.enter_context(remote.embedded_device_starting(threads))
 
+    @functools.cache
     def embedded():
         with report.step("starting the embedded tracker and device", quiet=quiet):
             return dataclasses.replace(ready(), session_timeout=session_timeout), 1
@@ -447,15 +449,18 @@ def compare(target_name, device, rpc_tracker, rpc_key, model_list, sizes, db, tu
               else records.shipped_db_dir(resolved, device))
     export.prepare_out_dir(report_dir)
     with contextlib.ExitStack() as stack:
-        tracker, devices = _devices(stack, rpc_tracker, rpc_key, resolved.num_cores, timeout,
-                                    as_json)
-        config = comparing.CompareConfig(resolved, tracker, names, size_list, peers, db,
-                                         resolved.num_cores, repeat, tune_trials, devices,
+        # quiet: the wait shows in the progress line below (one live display at a time)
+        devices_up = _devices_starting(stack, rpc_tracker, rpc_key, resolved.num_cores, timeout,
+                                       quiet=True)
+        config = comparing.CompareConfig(resolved, None, names, size_list, peers, db,
+                                         resolved.num_cores, repeat, tune_trials, 1,
                                          android_api, emulated)
         with report.step("tuning, compiling, deploying and timing every model and size"
                          if tune_trials else "compiling, deploying and timing every model and "
                          "size", quiet=as_json) as at:
-            cells = comparing.run(config, at)
+            cells = comparing.run(config, at, devices_up)
+        tracker, devices = devices_up()
+        config = dataclasses.replace(config, tracker=tracker, devices=devices)
     where = (f"this machine's CPU ({dict(resolved.spec).get('mcpu')}, embedded device)"
              if not rpc_tracker else f"device '{tracker.key}' via {tracker.address}")
     environment = comparing.environment(config, where)

@@ -11,9 +11,11 @@ quotient. Measures and returns data; report.py formats and writes it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +51,7 @@ CELL_SECONDS = 10.0
 @dataclass(frozen=True)
 class CompareConfig:
     target: TargetConfig
-    tracker: TrackerConfig  # where the devices are (the embedded default or the user's)
+    tracker: TrackerConfig | None  # where the devices are; None until run's connect gives it
     models: tuple[str, ...] = DEFAULT_MODELS
     sizes: tuple[tuple[int, int], ...] = DEFAULT_SIZES
     baselines: tuple[str, ...] = BASELINES
@@ -93,8 +95,8 @@ def check_grid(names: tuple[str, ...], sizes: tuple[tuple[int, int], ...]) -> No
             frontends.check_size(entry.name, size, entry.min_input)
 
 
-def measure_cell(name: str, size: tuple[int, int], config: CompareConfig, work: Path) -> Cell:
-    imported = frontends.load(frontends.ModelSpec(name, size))
+def measure_cell(imported: frontends.ImportedModel, name: str, size: tuple[int, int],
+                 config: CompareConfig, work: Path) -> Cell:
     cell = Cell(name, size, flops.count(imported.mod).macs)
     out = work / f"{name}-{size[0]}x{size[1]}"
     try:
@@ -157,15 +159,25 @@ def environment(config: CompareConfig, where: str) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
-def run(config: CompareConfig, progress=None) -> list[Cell]:
-    """Every model at every size; a cell that fails is kept with its error."""
+def run(config: CompareConfig, progress=None,
+        connect: Callable[[], tuple[TrackerConfig, int]] | None = None) -> list[Cell]:
+    """Every model at every size; a cell that fails is kept with its error. ``connect``, when
+    given, gives (tracker, devices) for a config without them, and is called once the first
+    model has imported: an embedded device starts in the meantime."""
     cells = []
     with tempfile.TemporaryDirectory(prefix="tvmshuffle-compare-") as tmp:
         for size in config.sizes:
             for name in config.models:
                 if progress:
                     progress(f"{name} at {size[0]}x{size[1]}")
-                cells.append(measure_cell(name, size, config, Path(tmp)))
+                imported = frontends.load(frontends.ModelSpec(name, size))
+                if connect:
+                    if progress:
+                        progress(f"{name} at {size[0]}x{size[1]}: waiting for the device")
+                    tracker, devices = connect()
+                    config = dataclasses.replace(config, tracker=tracker, devices=devices)
+                    connect = None
+                cells.append(measure_cell(imported, name, size, config, Path(tmp)))
     return cells
 
 
