@@ -19,8 +19,10 @@ def test_pick_judges_candidates_in_the_network_and_compile_follows(depthwise_db,
     db = depthwise_db
     record_file = (db / records.RECORD_FILE).read_bytes()
 
-    result = invoke("pick", *MODEL, "--db", str(db), "--candidates", "2", "--runs", "20",
-                    "--checks", "2", "--json")
+    # --within: 5 random trials may leave no second schedule within the default 1.5x of the
+    # fastest (seen once), and this test is of the judging, not of that filter
+    result = invoke("pick", *MODEL, "--db", str(db), "--candidates", "2", "--within", "1000",
+                    "--runs", "20", "--checks", "2", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     judged = data["kernels"]
