@@ -72,6 +72,16 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, prepack: bool = False) ->
     return mod
 
 
+def running_tasks(fused: tvm.IRModule, target: tvm.target.Target) -> list:
+    """MetaSchedule's tasks of a module ``fuse`` made, minus the kernels that only reshape: the
+    build turns those into views of their input (``RewriteDataflowReshape``), so they never
+    run, are never tuned and have no records."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return [task for task in ms.relax_integration.extract_tasks(fused, target)
+            if not relax.analysis.has_reshape_pattern(task.dispatched[0]["main"])]
+
+
 def lower(mod: tvm.IRModule, target: tvm.target.Target, database=None,
           prepack: bool = False) -> tvm.IRModule:
     """TVM's default build pipeline for ``target``: fused TIR kernels and VM code. With a

@@ -150,19 +150,14 @@ def _classify(func: tvm.tirx.PrimFunc, layout: str) -> tuple[str, int]:
 
 def extract_tasks(mod: tvm.IRModule, config: TuneConfig) -> list[Task]:
     """All tasks of ``mod`` after the graph passes and the zero pipeline, heaviest first.
-    Kernels that only reshape are left out: the build turns them into views of their input
-    (``RewriteDataflowReshape``), so they never run and tuning them would waste trials."""
-    from tvm import relax
-    from tvm.s_tir import meta_schedule as ms
-
+    Kernels that only reshape are left out (``pipeline.running_tasks``): they never run and
+    tuning them would waste trials."""
     target = config.target.tvm_target
     with target:
         optimized = pipeline.optimize(mod, config.fuse_shuffle, config.layout)
     lowered = pipeline.fuse(optimized, target, config.method.prepack)
     tasks = []
-    for extracted in ms.relax_integration.extract_tasks(lowered, target):
-        if relax.analysis.has_reshape_pattern(extracted.dispatched[0]["main"]):
-            continue
+    for extracted in pipeline.running_tasks(lowered, target):
         kind, macs = _classify(extracted.dispatched[0]["main"], config.layout)
         tasks.append(Task(extracted.task_name, kind, int(extracted.weight), macs, extracted))
     tasks.sort(key=lambda t: (-t.weight * t.macs, t.name))
