@@ -225,12 +225,18 @@ def flops_cmd(model: str, input_size, per_layer: bool, as_json: bool) -> None:
               help="Apply the best schedules of this tuning database (default: "
                    "schedules/<target>/ when it exists, as `tvmshuffle tune` writes it; for a "
                    "host CPU with none, that of a CPU with the same vector ISA).")
-@click.option("--no-db", is_flag=True, help="Build untuned, ignoring any database.")
+@click.option("--no-db", is_flag=True,
+              help="Build untuned, ignoring any database: every kernel with its default "
+                   "schedule (derived from the target's vector registers and cores).")
+@click.option("--no-default-schedules", is_flag=True,
+              help="Kernels without a record keep TVM's unscheduled loops instead of their "
+                   "default schedule (for comparison).")
 @threads_option
 @android_api_option
 @json_option
 def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dump_ir,
-                no_fuse_shuffle, layout, db, no_db, threads, android_api, as_json) -> None:
+                no_fuse_shuffle, layout, db, no_db, no_default_schedules, threads, android_api,
+                as_json) -> None:
     """Import MODEL, optimize it and build OUT/model.so with OUT/manifest.json.
 
     Channel shuffles are fused into the convolution that consumes them; the summary and
@@ -241,7 +247,7 @@ def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dum
     if db is None and not no_db:
         db = records.shipped_db_dir(resolved, device)
     config = export.CompileConfig(resolved, not no_fuse_shuffle, layout.upper(),
-                                  None if no_db else db, android_api)
+                                  None if no_db else db, not no_default_schedules, android_api)
     config.linker()  # no linker for the target: say what to install before importing
     export.prepare_out_dir(out_dir)
     with report.step(f"importing {model}", quiet=as_json):

@@ -22,12 +22,15 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from . import __version__, flops, frontends, pipeline, records, toolchain
+from . import __version__, defaults, flops, frontends, pipeline, records, toolchain
 from .errors import BadInputError, BuildError, TvmShuffleError, first_line
 from .flops import FlopReport
 from .target import TargetConfig
 
 log = logging.getLogger(__name__)
+
+# where a kernel's schedule came from (manifest.json "tuning"/"schedules")
+RECORD, DEFAULT, TVM_LOOPS = "record", "default", "tvm"
 
 SO_NAME = "model.so"
 MANIFEST_NAME = "manifest.json"
@@ -41,6 +44,9 @@ class CompileConfig:
     fuse_shuffle: bool = True  # the channel shuffle pass (passes/channel_shuffle.py)
     layout: str = pipeline.DEFAULT_LAYOUT  # of the convolutions: a key of pipeline.LAYOUTS
     db: Path | None = None  # a MetaSchedule database whose records are applied
+    # kernels without a record get a schedule derived from the target (defaults.py), not
+    # TVM's unscheduled loops
+    default_schedules: bool = True
     android_api: int = toolchain.DEFAULT_ANDROID_API  # for --target arm
 
     def linker(self) -> toolchain.Toolchain:
@@ -57,31 +63,48 @@ class Compiled:
     picks: int = 0  # kernels compiled with a schedule picked in the network (tvmshuffle pick)
     # kernels compiled with a record measured with another target, by what tells it apart
     measured_elsewhere: dict[str, int] = field(default_factory=dict)
+    # each kernel that runs: RECORD, DEFAULT or TVM_LOOPS (empty: TVM's loops throughout)
+    schedules: dict[str, str] = field(default_factory=dict)
 
 
 def compile_module(mod: tvm.IRModule, config: CompileConfig) -> Compiled:
-    """Lower ``mod`` (already through the graph passes) with TVM's pipeline and build it."""
+    """Lower ``mod`` (already through the graph passes) with TVM's pipeline and build it: each
+    kernel with its record in the database, else its default schedule (``defaults``), else as
+    TVM writes it."""
     target = config.target.tvm_target
-    if config.db is None:
+    if config.db is None and not config.default_schedules:  # TVM's loops throughout
         return Compiled(*build(lambda: pipeline.lower(mod, target), target))
-    ranked = records.read_ranked(config.db, target)
-    chosen, picked = records.choose(ranked, records.read_picks(config.db, target))
-    method = records.database_method(config.db)
+    method, picks, ranked, chosen, picked = None, 0, None, {}, set()
+    if config.db is not None:
+        ranked = records.read_ranked(config.db, target)
+        chosen, picked = records.choose(ranked, records.read_picks(config.db, target))
+        method = records.database_method(config.db)
     prepack = bool(method and method.prepack)
     fused = pipeline.fuse(mod, target, prepack)
     # counted over this model's kernels that run (extracted in 12 ms for ShuffleNet 1x), as tune
     # counts them, not over the database's
-    kernels = [task.dispatched[0] for task in pipeline.running_tasks(fused, target)]
-    picks = 0
+    tasks = pipeline.running_tasks(fused, target)
     if picked:
         in_picks = records.memory_database(ranked, {i: chosen[i] for i in picked})
-        picks = sum(1 for kernel in kernels if in_picks.has_workload(kernel))
-    database = records.memory_database(ranked, chosen)
-    applied = [database.query_tuning_record(kernel, target, "main") for kernel in kernels]
-    elsewhere = collections.Counter(_measured_on(record.target, target) for record in applied
+        picks = sum(1 for task in tasks if in_picks.has_workload(task.dispatched[0]))
+    database = records.memory_database(ranked, chosen) if ranked is not None \
+        else records.empty_memory_database()
+    applied = {task.task_name: database.query_tuning_record(task.dispatched[0], target, "main")
+               for task in tasks}
+    elsewhere = collections.Counter(_measured_on(record.target, target)
+                                    for record in applied.values()
                                     if record is not None and str(record.target) != str(target))
+    sources = {}
+    for task in tasks:
+        if applied[task.task_name] is not None:
+            sources[task.task_name] = RECORD
+        elif config.default_schedules and defaults.commit(database, task.dispatched[0], target):
+            sources[task.task_name] = DEFAULT
+        else:
+            sources[task.task_name] = TVM_LOOPS
     return Compiled(*build(lambda: pipeline.lower_fused(fused, target, database, prepack),
-                           target), method, picks, dict(sorted(elsewhere.items())))
+                           target), method, picks, dict(sorted(elsewhere.items())),
+                    dict(sorted(sources.items())))
 
 
 def _measured_on(measured: tvm.target.Target, target: tvm.target.Target) -> str:
@@ -158,7 +181,10 @@ def write_artifact(out_dir: Path, compiled: Compiled, model: frontends.ImportedM
         "layout": config.layout,
         "tuning": {"db": str(config.db) if config.db else None,
                    "method": compiled.method.as_json() if compiled.method else None,
-                   "tuned_kernels": pipeline.tuned_kernels(compiled.final_mod),
+                   "tuned_kernels": sorted(k for k, s in compiled.schedules.items()
+                                           if s == RECORD),
+                   "default_schedules": config.default_schedules,
+                   "schedules": compiled.schedules or {k: TVM_LOOPS for k in compiled.kernels},
                    "picked_in_network": compiled.picks,
                    "measured_elsewhere": compiled.measured_elsewhere},
         "data_movement_kernels": pipeline.data_movement_kernels(compiled.final_mod),

@@ -435,6 +435,13 @@ def memory_database(ranked: Ranked, chosen: dict[int, list]):
     return database
 
 
+def empty_memory_database():
+    """A MetaSchedule database with nothing in it, for schedules committed in memory."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.database.MemoryDatabase()
+
+
 def apply_database(db_dir: Path, target: tvm.target.Target, with_picks: bool = True):
     """The database to compile for ``target`` with (``compile --db``), after checking it: per
     kernel, the record ``choose`` takes."""

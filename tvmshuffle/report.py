@@ -6,6 +6,7 @@ parseable while a person still sees what is happening.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -92,9 +93,11 @@ def compile_summary(manifest: dict, out_dir: str) -> None:
     out.print(f"  input {manifest['input']['name']} {shape} {manifest['input']['dtype']}, "
               f"{manifest['flops']['mflops']:.1f} MFLOPs, {len(manifest['kernels'])} kernels")
     tuning = manifest["tuning"]
+    sources = collections.Counter((tuning.get("schedules") or {}).values())
+    running = sum(sources.values())
     if tuning["db"]:
         picked = tuning.get("picked_in_network")
-        out.print(f"  tuned kernels: {len(tuning['tuned_kernels'])}/{len(manifest['kernels'])}"
+        out.print(f"  tuned kernels: {len(tuning['tuned_kernels'])}/{running}"
                   f" from {tuning['db']}"
                   + (f" ({picked} with schedules picked in the network)" if picked else ""))
         elsewhere = tuning.get("measured_elsewhere") or {}
@@ -103,8 +106,12 @@ def compile_summary(manifest: dict, out_dir: str) -> None:
                       f"only[/yellow] ({', '.join(f'{n} on {t}' for t, n in elsewhere.items())})"
                       ": `tvmshuffle tune` re-times them here first")
     else:
-        out.print("  [yellow]untuned[/yellow]: no tuning database (run `tvmshuffle tune`); "
-                  "expect naive, slow kernels")
+        out.print("  no tuning database: untuned (run `tvmshuffle tune` to tune)")
+    out.print(f"  schedules of the {running} kernels that run: {sources.get('record', 0)} from "
+              f"records, {sources.get('default', 0)} default (derived from the target), "
+              f"{sources.get('tvm', 0)} TVM's loops"
+              + ("" if tuning.get("default_schedules", True)
+                 else " ([yellow]--no-default-schedules[/yellow])"))
     moving = manifest["data_movement_kernels"]
     state = "fused" if manifest["fuse_shuffle"] else "not fused (--no-fuse-shuffle)"
     out.print(f"  convolutions {manifest.get('layout', 'NCHW')}; channel shuffle {state}; "

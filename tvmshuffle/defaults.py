@@ -1,0 +1,318 @@
+"""Default schedules derived from the target: what a kernel gets when no tuning record has it.
+
+Without a record TVM 0.27 compiles a kernel as its loops are written: scalar, serial, the
+accumulators in memory (8-54x ONNX Runtime's latency on ShuffleNet; ``dlight``'s CPU rules
+cover GEMV and reductions only). This module gives every kernel MetaSchedule's own schedule
+instead, with the decisions the search would sample chosen from the target:
+
+* the design space is MetaSchedule's for the target (``post-order-apply`` with the CPU rules:
+  multi-level tiling "SSRSRS", the cache write, parallelize / vectorize / unroll, compute
+  locations), so a default is one point of the space tuning searches: a trace, stored and
+  applied as any record, measured as the first candidate of a tune and seeding its search;
+* the register block (the S3 tile levels: outputs kept in vector registers while the inner
+  reduction runs) is an outer product of pixels by whole vectors of output channels, the
+  broadcast-FMA micro-kernel of BLAS and ncnn, sized to the vector register file
+  (``tiles.registers``: AVX-512 32 x 16 lanes, AVX2 16 x 8, NEON 32 x 4): as many
+  accumulators as leave a register for each weight vector and one for the broadcast input,
+  chosen for the most multiply-adds per load;
+* the inner reduction (R1) is as long as MetaSchedule allows (64), the cache-written tile is
+  the register block (the accumulators stay in registers, the epilogue — bias, residual, ReLU
+  — runs on them in place, vectorized), S2 is 1, the parallel level S0 gives each core a few
+  jobs when the target names several;
+* producers MetaSchedule may move (padding, the fused channel shuffle's gather) are computed
+  at the register block's outer loop, where their tile is read (never inlined into the
+  multiply-add loop, never a whole-tensor copy); loops are unrolled up to 512 steps.
+
+Kernels MetaSchedule does not tile (pooling, concatenation, transposes, reductions) keep TVM's
+own loops, which LLVM vectorizes: on ShuffleNet 1x they ran 2-8x faster than the design space's
+parallel / vectorize / unroll annotations (0.5 against 2.5 ms for the ten of them).
+
+Why this design and not the two others the issue names: a ``dlight``-style rule of our own would
+re-implement what MetaSchedule's rules already write, and its schedules could not seed the
+search; fp32 micro-kernel tensor intrinsics would need an intrinsic per ISA and per block shape,
+and MetaSchedule's tensorize rule only matches whole blocks of the intrinsic's shape (ShuffleNet's
+group convolutions have 40-120 output channels a group). Decisions in MetaSchedule's space carry
+to a new ISA with its register count and lane width alone. The measurements that chose the
+levels above are in benchmarks/RESULTS.md ("Default schedules").
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from dataclasses import dataclass
+
+import tvm
+
+from . import tiles
+from .errors import first_line
+
+log = logging.getLogger(__name__)
+
+UNROLL = 512  # of MetaSchedule's unroll choices (0, 16, 64, 512): the register block unrolled
+MAX_INNER_REDUCTION = tiles.MAX_INNER_REDUCTION
+JOBS_PER_CORE = 4  # parallel jobs at the S0 level per core, when the target has several
+
+
+@dataclass(frozen=True)
+class Default:
+    """A kernel's default schedule and its register block."""
+
+    schedule: object  # tvm.s_tir.Schedule, postprocessed: its trace is a record's
+    block: tuple[int, ...]  # the S3 tile of each spatial loop
+
+
+# ---------------------------------------------------------------------------- tile decisions
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def spatial_reads(mod: tvm.IRModule) -> list[frozenset[int]] | None:
+    """For each buffer the anchor block (the convolution, the matmul) reads, the spatial loops
+    (by position among the block's spatial iterators, the order MetaSchedule tiles them in)
+    that index it; None for a kernel without one."""
+    from tvm import s_tir, tirx
+
+    block = s_tir.analysis.find_anchor_sblock(mod)
+    if block is None:
+        return None
+    spatial = {iv.var.name: i for i, iv in enumerate(
+        [iv for iv in block.iter_vars if int(iv.iter_type) == 0])}
+    reads = []
+    for read in block.reads:
+        used = set()
+        for dim in read.region:
+            used |= {spatial[v.name] for v in tirx.analysis.undefined_vars(dim.min)
+                     if v.name in spatial}
+        reads.append(frozenset(used))
+    return reads
+
+
+def register_block(extents: list[int], reads: list[frozenset[int]], regs: tiles.Registers,
+                   memory_operands: bool) -> tuple[int, ...]:
+    """The S3 tile of each spatial loop (the last one vectorized) with the most multiply-adds
+    per load: a block of B outputs costs, per reduction step, B / lanes vector FMAs and, per
+    buffer read, one load for each distinct element it reads (a broadcast scalar when the
+    vectorized loop does not index it, a vector when it does): pixels x channels reuse the
+    input across the channel vectors and the weights across the pixels. The accumulators, and
+    unless the ISA takes a load as an FMA operand (x86) the weight vectors, fit the register
+    file with one to spare; masked lanes count as lost work. Ties: more accumulators, then
+    blocks along the inner loops."""
+    *outer, channels = extents
+    last = len(extents) - 1
+    # whole vectors, or the whole loop: a block that ends inside a vector repeats a masked,
+    # misaligned tail in every block (4-5x slower measured: 40 channels as 2 x 20 on AVX2)
+    vector_choices = sorted({d for d in _divisors(channels) if d % regs.lanes == 0}
+                            | {channels})
+    best, best_key = None, None
+    for c3 in vector_choices:
+        vectors = math.ceil(c3 / regs.lanes)
+        lane_use = c3 / (vectors * regs.lanes)
+        for pixels in itertools.product(*(_divisors(e) for e in outer)):
+            accumulators = math.prod(pixels) * vectors
+            live = accumulators + (1 if memory_operands else vectors) + 1
+            if live > regs.count:
+                continue
+            loads = sum(math.prod(pixels[i] for i in read if i != last)
+                        * (vectors if last in read else 1) for read in reads)
+            intensity = accumulators / max(1, loads) * lane_use
+            key = (round(intensity, 6), accumulators, tuple(reversed(pixels)))
+            if best_key is None or key > best_key:
+                best, best_key = (*pixels, c3), key
+    if best is None:  # a vector too wide for the file: one vector's worth
+        return (*([1] * len(outer)), min(channels, regs.lanes))
+    return best
+
+
+def spatial_tiles(extents: list[int], block: tuple[int, ...], cores: int) -> list[list[int]]:
+    """S0 S1 S2 S3 of each spatial loop: the register block in S3, S2 = 1, and in S0 of the
+    outer loops enough parallel jobs for ``cores`` (none for one core)."""
+    jobs_wanted = 1 if cores <= 1 else cores * JOBS_PER_CORE
+    decisions, jobs = [], 1
+    for extent, inner in zip(extents, block):
+        rest = extent // inner
+        s0 = 1
+        if jobs < jobs_wanted:
+            s0 = min((d for d in _divisors(rest) if jobs * d >= jobs_wanted), default=rest)
+            jobs *= s0
+        decisions.append([s0, rest // s0, 1, inner])
+    return decisions
+
+
+def reduction_tiles(extents: list[int]) -> list[list[int]]:
+    """R0 R1 of each reduction loop: the window loops whole inside (3x3: 9 taps), the rest of
+    MAX_INNER_REDUCTION to the channel loop (the last)."""
+    decisions, room = [], MAX_INNER_REDUCTION
+    for i, extent in enumerate(extents):
+        if i < len(extents) - 1 and extent <= room:
+            inner = extent
+        else:
+            inner = max(d for d in _divisors(extent) if d <= max(1, room))
+        room = max(1, room // inner)
+        decisions.append([extent // inner, inner])
+    return decisions
+
+
+# ---------------------------------------------------------------------------- the schedule
+
+
+def _context(mod: tvm.IRModule, target: tvm.target.Target):
+    from tvm.s_tir import meta_schedule as ms
+
+    from .tune import import_tensor_intrinsics
+
+    import_tensor_intrinsics()  # TuneContext imports them; fast this way
+    return ms.TuneContext(mod=mod, target=target, space_generator="post-order-apply",
+                          task_name="default", rand_state=0, num_threads=1).clone()
+
+
+def _split_of(trace, sample) -> object | None:
+    """The Split instruction that uses the loop factors ``sample`` (a SamplePerfectTile)
+    returned."""
+    for inst in trace.insts:
+        if inst.kind.name == "Split" and any(inp.same_as(sample.outputs[0])
+                                            for inp in inst.inputs):
+            return inst
+    return None
+
+
+def _tile_choice(trace, reads, regs: tiles.Registers, cores: int, memory_operands: bool):
+    """(SamplePerfectTile instructions, their decisions, the S1 loop of the vectorized
+    spatial loop, the register block) for an SSRSRS trace; None for any other."""
+    insts = [i for i in trace.insts if i.kind.name == "SamplePerfectTile"]
+    decisions = [[int(v) for v in trace.decisions[i]] for i in insts]
+    spatial = tiles.split_levels(decisions)
+    if spatial is None:
+        return None
+    extents = [math.prod(d) for d in decisions]
+    block = register_block(extents[:spatial], reads, regs, memory_operands)
+    chosen = spatial_tiles(extents[:spatial], block, cores) + reduction_tiles(extents[spatial:])
+    split = _split_of(trace, insts[spatial - 1])
+    return insts, chosen, (split.outputs[1] if split is not None else None), block
+
+
+def _reverse_compute_at(trace) -> object | None:
+    return next((i for i in trace.insts if i.kind.name == "ReverseComputeAt"), None)
+
+
+def _apply(mod: tvm.IRModule, trace, postprocs):
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(mod)
+    trace.apply_to_schedule(sch, remove_postproc=True)
+    sch.enter_postproc()
+    if not all(postproc.apply(sch) for postproc in postprocs):
+        return None
+    return sch
+
+
+def _with_categoricals(trace):
+    """``trace`` with every unroll choice at UNROLL (or the largest offered)."""
+    for inst in trace.insts:
+        if inst.kind.name == "SampleCategorical":
+            candidates = [int(c) for c in inst.attrs[0]]
+            pick = candidates.index(UNROLL) if UNROLL in candidates else len(candidates) - 1
+            trace = trace.with_decision(inst, pick, remove_postproc=True)
+    return trace
+
+
+MAX_LOCATIONS = 32  # compute locations looked at per producer (a kernel has a dozen loops)
+
+
+def _rv_position(trace, rv) -> tuple[int, int] | None:
+    """(instruction index, output index) of the instruction of ``trace`` that made ``rv``."""
+    for i, inst in enumerate(trace.insts):
+        for j, out in enumerate(inst.outputs):
+            if out.same_as(rv):
+                return i, j
+    return None
+
+
+def _compute_locations(mod: tvm.IRModule, trace, anchor_loop):
+    """``trace`` with each SampleComputeLocation at ``anchor_loop`` (the register block's outer
+    loop) when that is one of its choices, else at the root (a copy of its own, never inlined
+    into the multiply-add loop). A choice is an index into the producer's valid locations,
+    outermost first: each is tried until the sampled loop is the anchor (a trace applied to a
+    schedule makes new random variables: they are matched by position)."""
+    from tvm import s_tir
+
+    anchor = _rv_position(trace, anchor_loop) if anchor_loop is not None else None
+    for inst in [i for i in trace.insts if i.kind.name == "SampleComputeLocation"]:
+        chosen, sample = -1, _rv_position(trace, inst.outputs[0])
+        for k in range(MAX_LOCATIONS if anchor is not None else 0):
+            probe = s_tir.Schedule(mod)
+            try:
+                trace.with_decision(inst, k, remove_postproc=True).apply_to_schedule(
+                    probe, remove_postproc=True)
+            except Exception:  # noqa: BLE001 - past the last location: TVM rejects the index
+                break
+            insts = probe.trace.insts
+            sampled = probe.get_sref(insts[sample[0]].outputs[sample[1]])
+            if sampled.same_as(probe.get_sref(insts[anchor[0]].outputs[anchor[1]])):
+                chosen = k
+                break
+        trace = trace.with_decision(inst, chosen, remove_postproc=True)
+    return trace
+
+
+def default_schedule(mod: tvm.IRModule, target: tvm.target.Target) -> Default | None:
+    """The default schedule of one kernel (a task's module) for ``target``; None for a kernel
+    MetaSchedule does not tile (pooling, concatenation, transposes, reductions: TVM's own
+    loops, which LLVM vectorizes, ran them 2-8x faster than the space's annotations,
+    benchmarks/RESULTS.md) or whose space rejects the decisions: it then stays as TVM writes
+    it."""
+    reads = spatial_reads(mod)
+    if not reads:
+        return None
+    context = _context(mod, target)
+    try:
+        spaces = context.generate_design_space()
+    except Exception as err:  # noqa: BLE001 - TVM raises TVMError, ValueError...
+        log.debug("no design space for a kernel: %s", first_line(err))
+        return None
+    regs = tiles.registers(target)
+    cores = int(target.attrs.get("num-cores", 1))
+    # x86 FMAs take a memory operand: the weight vectors need no register of their own
+    memory_operands = str(target.attrs.get("mtriple", "x86_64")).startswith(("x86_64", "i686"))
+    for space in spaces:
+        trace = space.trace
+        choice = _tile_choice(trace, reads, regs, cores, memory_operands)
+        if choice is None:
+            continue
+        insts, decisions, s1_loop, block = choice
+        rca = _reverse_compute_at(trace)
+        # the cache write at the register block's outer loop: the accumulators in registers
+        if rca is None or s1_loop is None or not rca.inputs[1].same_as(s1_loop):
+            continue
+        for inst, decision in zip(insts, decisions):
+            trace = trace.with_decision(inst, decision, remove_postproc=True)
+        trace = _compute_locations(mod, _with_categoricals(trace), s1_loop)
+        try:
+            sch = _apply(mod, trace, context.space_generator.postprocs)
+        except (tvm.TVMError, ValueError, RuntimeError) as err:
+            log.debug("default schedule rejected: %s", first_line(err))
+            continue
+        if sch is not None:
+            return Default(sch, block)
+    return None
+
+
+# A default's record in a database that only applies schedules (compile): never timed, never
+# written to a tuning database (tune times a default before recording it).
+UNTIMED_SECS = [1.0]
+
+
+def commit(database, mod: tvm.IRModule, target: tvm.target.Target) -> Default | None:
+    """Commit the default schedule of ``mod`` to ``database`` (compile's in-memory one); the
+    default, or None when the kernel has none."""
+    from tvm.s_tir import meta_schedule as ms
+
+    default = default_schedule(mod, target)
+    if default is not None:
+        database.commit_tuning_record(ms.database.TuningRecord(
+            default.schedule.trace, database.commit_workload(mod), UNTIMED_SECS, target,
+            ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
+    return default
