@@ -129,7 +129,10 @@ def register_block(extents: list[int], reads: list[frozenset[int]], regs: tiles.
 
 def spatial_tiles(extents: list[int], block: tuple[int, ...], cores: int) -> list[list[int]]:
     """S0 S1 S2 S3 of each spatial loop: the register block in S3, S2 = 1, and in S0 of the
-    outer loops enough parallel jobs for ``cores`` (none for one core)."""
+    outer loops enough parallel jobs for ``cores`` (none for one core). The rest in S1, where
+    the pixel loops run outside the channel loops: each block of pixels meets every weight
+    (ShuffleNet 1x in the network: 9.1-13.3 ms, against 10.6-16.4 with the output channels and
+    groups in S0, the weights stationary)."""
     jobs_wanted = 1 if cores <= 1 else cores * JOBS_PER_CORE
     decisions, jobs = [], 1
     for extent, inner in zip(extents, block):

@@ -242,7 +242,8 @@ def tune_json(results, config, tracker_address: str, key: str, wall_s: float) ->
         "tasks": [{
             "name": r.task.name, "kind": r.task.kind, "weight": r.task.weight,
             "mflops": round(r.task.macs / 1e6, 3), "trials_before": r.trials_before,
-            "trials_run": r.trials_run, "untuned_ms": r.untuned_ms, "tuned_ms": r.tuned_ms,
+            "trials_run": r.trials_run, "untuned_ms": r.untuned_ms,
+            "default_ms": r.default_ms, "tuned_ms": r.tuned_ms,
             "speedup": r.speedup, "converged": r.converged, "kept_untuned": r.kept_untuned,
             "remeasured": r.remeasured, "refined": r.refined,
             "refined_rejected": r.refined_rejected, "refined_from_ms": r.refined_from_ms,
@@ -256,8 +257,8 @@ def tune_table(data: dict) -> None:
     how = Method(**data["method"]).describe()
     table = Table(title=f"tuned into {data['db']} ({how}; {data['wall_time_s']:.0f} s, "
                         f"device key '{data['key']}' at {data['tracker']})")
-    for column in ("task", "kind", "MFLOPs", "weight", "trials", "untuned ms", "tuned ms",
-                   "speedup"):
+    for column in ("task", "kind", "MFLOPs", "weight", "trials", "untuned ms", "default ms",
+                   "tuned ms", "speedup"):
         table.add_column(column, justify="left" if column in ("task", "kind") else "right")
 
     def fmt(value, spec=".4f"):
@@ -278,7 +279,8 @@ def tune_table(data: dict) -> None:
         if row.get("kept_untuned"):
             trials += " (untuned kept: faster)"
         table.add_row(row["name"], row["kind"], f"{row['mflops']:.2f}", str(row["weight"]),
-                      trials, fmt(row["untuned_ms"]), fmt(row["tuned_ms"]),
+                      trials, fmt(row["untuned_ms"]), fmt(row.get("default_ms")),
+                      fmt(row["tuned_ms"]),
                       fmt(row["speedup"], ".1f") + ("x" if row["speedup"] else ""))
     out.print(table)
 

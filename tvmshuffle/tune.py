@@ -35,7 +35,7 @@ from typing import Callable, Iterator
 
 import tvm
 
-from . import pipeline, tiles, toolchain
+from . import defaults, pipeline, tiles, toolchain
 from .errors import first_line
 from .records import (DEFAULT_METHOD, Method, TaskDatabase, best_ms, mean_ms, settle_method,
                       write_method)
@@ -93,6 +93,7 @@ class TaskResult:
     refined: int = 0  # tile neighbours of the best schedule timed (``refine``)
     refined_rejected: int = 0  # of those, faster warm but slower cold: not recorded
     refined_from_ms: float | None = None  # the best before they were
+    default_ms: float | None = None  # the default schedule (defaults.py), timed first
 
     @property
     def speedup(self) -> float | None:
@@ -379,6 +380,45 @@ def remeasure(tasks: list[Task], database, builder, runner,
             secs or [1e10], task.extracted.target, record.args_info))
         counts[task.name] += 1
     return counts
+
+
+def seed_defaults(tasks: list[Task], database, builder,
+                  runner) -> tuple[dict[str, float | None], set[str]]:
+    """Time, in one batch, the default schedule (``defaults``) of each task whose database
+    does not hold it yet, and record it with this target: each task's first measured
+    candidate, so that its search starts from it (MetaSchedule's evolutionary search seeds its
+    population with the database's fastest records) and ends at least as fast. Returns the
+    default's ms per task (None: no default, or it failed; a failure is recorded as
+    MetaSchedule records one, so it is not timed again) and the tasks timed now."""
+    from tvm.s_tir import meta_schedule as ms
+
+    found: dict[str, float | None] = {task.name: None for task in tasks}
+    batch = []
+    for task in tasks:
+        mod = task.extracted.dispatched[0]
+        default = defaults.default_schedule(mod, task.extracted.target)
+        if default is None:
+            continue
+        signature = _signature(default.schedule.trace)
+        known = [r for r in _records(database, task, task.extracted.target)
+                 if _signature(r.trace) == signature]
+        if known:
+            found[task.name] = mean_ms(known[0].run_secs)
+            continue
+        batch.append((task, default))
+    for i, step, error, secs in _build_and_run(builder, runner, [
+            (d.schedule.mod, task.extracted.target,
+             ms.arg_info.ArgInfo.from_prim_func(task.extracted.dispatched[0]["main"]))
+            for task, d in batch]):
+        task, default = batch[i]
+        if error:
+            log.warning("the default schedule of %s failed to %s: %s", task.name, step, error)
+        database.commit_tuning_record(ms.database.TuningRecord(
+            default.schedule.trace, database.commit_workload(task.extracted.dispatched[0]),
+            secs or [1e10], task.extracted.target,
+            ms.arg_info.ArgInfo.from_prim_func(task.extracted.dispatched[0]["main"])))
+        found[task.name] = mean_ms(secs)
+    return found, {task.name for task, _ in batch}
 
 
 def keep_untuned_if_faster(database, task: Task, run_secs: list[float],
@@ -755,6 +795,10 @@ def _tune_tasks(tasks: list[Task], config: TuneConfig, view: TaskDatabase, build
     view.sync()
     if stop.is_set():
         raise KeyboardInterrupt
+    default_ms, seeded = seed_defaults(tasks, database, builder, runner)
+    view.sync()
+    if stop.is_set():
+        raise KeyboardInterrupt
     budget = plan(tasks, config, database)
     progress.start(tasks, {name: todo for name, (_, todo) in budget.items()})
     # one XGBoost model for all tasks, so what it learns on one conv helps the next; it ranks
@@ -769,9 +813,12 @@ def _tune_tasks(tasks: list[Task], config: TuneConfig, view: TaskDatabase, build
         if stop.is_set():
             raise KeyboardInterrupt
         before, todo = budget[task.name]
+        # the default timed now is this run's first trial, not a resumed one (the budget
+        # counts it either way)
+        before -= task.name in seeded
         untuned_secs = untuned[task.name]
         result = TaskResult(task, before, untuned_ms=mean_ms(untuned_secs),
-                            remeasured=remeasured[task.name])
+                            remeasured=remeasured[task.name], default_ms=default_ms[task.name])
         progress.task_started(task, todo)
         if todo > 0:
             report = _progress_callback(task, progress, best_ms(_records(database, task, target)),
