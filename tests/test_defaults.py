@@ -1,0 +1,150 @@
+"""Default schedules derived from the target (`defaults.py`): the register block each vector
+register file gets, the reduction split, and kernels built with them computing what TVM's
+unscheduled loops compute; `compile` saying which kernels got which."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tvm
+from tvmshuffle import defaults, frontends, target, tiles, tune
+
+from conftest import invoke
+
+AVX2, AVX512, NEON = tiles.Registers(16, 8), tiles.Registers(32, 16), tiles.Registers(32, 4)
+# ShuffleNet 1x's stage-3 1x1 group convolution, loops n, h, w, g, o: the input is indexed by
+# n, h, w, g (and the reduction), the weights by g, o
+STAGE3 = [1, 14, 14, 3, 160]
+STAGE3_READS = [frozenset({0, 1, 2, 3}), frozenset({3, 4})]
+
+
+def _accumulators(block, regs):
+    return math.prod(block[:-1]) * math.ceil(block[-1] / regs.lanes)
+
+
+@pytest.mark.parametrize("regs, memory_operands", [(AVX2, True), (AVX512, True),
+                                                   (NEON, False)])
+def test_register_block_is_an_outer_product_that_fits_the_file(regs, memory_operands):
+    """The block is pixels x whole vectors of output channels (never along the groups, which
+    share nothing), as many accumulators as fit beside a broadcast (and, without FMA memory
+    operands, the weight vectors)."""
+    block = defaults.register_block(STAGE3, STAGE3_READS, regs, memory_operands)
+    vectors = math.ceil(block[-1] / regs.lanes)
+    assert block[-1] % regs.lanes == 0 and 160 % block[-1] == 0
+    assert block[3] == 1, "no block along the groups"
+    assert math.prod(block[:-1]) > 1 and vectors > 1, "pixels x channel vectors"
+    live = _accumulators(block, regs) + (1 if memory_operands else vectors) + 1
+    assert live <= regs.count
+    assert _accumulators(block, regs) >= regs.count // 2, "at least half the file accumulates"
+
+
+def test_avx2_and_neon_blocks_differ_as_their_files_do():
+    """A target with more, narrower registers (NEON 32 x 4) gets a block of more vectors than
+    AVX2's 16 x 8."""
+    avx2 = defaults.register_block(STAGE3, STAGE3_READS, AVX2, True)
+    neon = defaults.register_block(STAGE3, STAGE3_READS, NEON, False)
+    assert _accumulators(neon, NEON) > _accumulators(avx2, AVX2)
+
+
+def test_channels_not_a_multiple_of_the_vector_are_blocked_whole_or_in_whole_vectors():
+    """A channel block ends on a vector boundary or at the loop's end: 40 channels on AVX2 are
+    blocked as 8 or 40, never 20 (a masked tail repeated in every block, measured 4-5x slower);
+    20 channels are one block of 20."""
+    forty = defaults.register_block([1, 28, 28, 3, 40], STAGE3_READS, AVX2, True)
+    assert forty[-1] in (8, 40)
+    twenty = defaults.register_block([1, 28, 28, 3, 20], STAGE3_READS, AVX2, True)
+    assert twenty[-1] == 20
+
+
+def test_reduction_tiles_keep_the_window_whole_and_stop_at_64():
+    """R1: a 3x3 window inside whole, the channel loop's inner factor the largest divisor that
+    keeps the inner reduction within MetaSchedule's 64; a 1x1 convolution's channels whole
+    when they fit."""
+    assert defaults.reduction_tiles([3, 3, 256]) == [[1, 3], [1, 3], [64, 4]]
+    assert defaults.reduction_tiles([1, 1, 24]) == [[1, 1], [1, 1], [1, 24]]
+    assert defaults.reduction_tiles([960]) == [[15, 64]]
+
+
+def test_spatial_tiles_put_the_block_in_s3_and_jobs_in_s0():
+    """S3 holds the register block and S2 is 1; one core gets no parallel split, four cores
+    get at least 16 jobs at the outer level."""
+    block = (1, 1, 7, 1, 32)
+    one = defaults.spatial_tiles(STAGE3, block, 1)
+    assert [d[3] for d in one] == list(block) and all(d[2] == 1 for d in one)
+    assert all(d[0] == 1 for d in one)
+    assert [math.prod(d) for d in one] == STAGE3
+    four = defaults.spatial_tiles(STAGE3, block, 4)
+    assert math.prod(d[0] for d in four) >= 16
+    assert [math.prod(d) for d in four] == STAGE3
+
+
+@pytest.fixture(scope="module")
+def small_tasks():
+    imported = frontends.load(frontends.ModelSpec("shufflenet_v1_g3_0.25x", (64, 64)))
+    config = tune.TuneConfig(target=target.resolve("host"), db_dir=Path("unused"))
+    return config.target.tvm_target, tune.extract_tasks(imported.mod, config)
+
+
+def _run(mod, target_, args):
+    lib = tune.build_candidate(mod, target_, None)
+    outs = [tvm.runtime.tensor(a) for a in args]
+    lib[lib.entry_name](*outs)
+    return outs[-1].numpy()
+
+
+def test_default_schedules_compute_what_the_unscheduled_kernels_compute(small_tasks):
+    """Every kind of kernel that gets a default (the stem, 1x1 group convolutions, the fused
+    shuffle + depthwise convolutions, the classifier's matmul) gives the unscheduled kernel's
+    output; pooling and data movement keep TVM's loops (no default)."""
+    target_, tasks = small_tasks
+    rng = np.random.default_rng(0)
+    kinds = set()
+    for task in tasks:
+        mod = task.extracted.dispatched[0]
+        default = defaults.default_schedule(mod, target_)
+        if task.kind == "other":
+            assert default is None, task.name
+            continue
+        assert default is not None, task.name
+        kinds.add(task.kind)
+        args = [rng.standard_normal([int(d) for d in p.ty.shape]).astype("float32")
+                for p in mod["main"].params]
+        args[-1][:] = 0
+        expected = _run(mod, target_, args)
+        got = _run(default.schedule.mod, target_, args)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4, err_msg=task.name)
+    assert kinds == {"conv", "grouped", "depthwise", "dense"}
+
+
+def test_default_schedule_is_deterministic(small_tasks):
+    """The same kernel and target give the same trace: a default is no random sample."""
+    target_, tasks = small_tasks
+    task = next(t for t in tasks if t.kind == "grouped")
+    mod = task.extracted.dispatched[0]
+    first = defaults.default_schedule(mod, target_).schedule.trace
+    second = defaults.default_schedule(mod, target_).schedule.trace
+    assert "\n".join(first.as_python()) == "\n".join(second.as_python())
+
+
+@pytest.mark.slow
+def test_compile_says_which_kernels_got_defaults(tmp_path):
+    """`compile --no-db` gives the tiled kernels their defaults and says so per kernel in
+    manifest.json; `--no-default-schedules` leaves TVM's loops everywhere; both match
+    PyTorch."""
+    small = ("shufflenet_v1_g3_0.25x", "--input-size", "64x64", "--no-db", "--json")
+    for flags, out in (((), tmp_path / "default"), (("--no-default-schedules",),
+                                                     tmp_path / "loops")):
+        result = invoke("compile", *small, *flags, "-o", str(out))
+        assert result.exit_code == 0, result.output
+        run = invoke("run", str(out), "--repeat", "2", "--json")
+        assert run.exit_code == 0 and json.loads(run.stdout)["max_abs_err"] < 1e-4
+    with_defaults = json.loads((tmp_path / "default" / "manifest.json").read_text())["tuning"]
+    loops = json.loads((tmp_path / "loops" / "manifest.json").read_text())["tuning"]
+    sources = list(with_defaults["schedules"].values())
+    assert sources.count("default") >= 10 and "record" not in sources
+    assert with_defaults["tuned_kernels"] == [] and with_defaults["default_schedules"]
+    assert set(loops["schedules"].values()) == {"tvm"} and not loops["default_schedules"]
