@@ -38,7 +38,7 @@ def test_a_host_cpu_without_a_database_uses_a_siblings(tmp_path, monkeypatch):
         assert records.default_db_dir(_host(cpu), "generic") == Path("schedules/host-znver5")
         assert records.shipped_db_dir(_host(cpu), "generic") == Path("schedules/host-znver5")
     (sibling / records.RECORD_FILE).unlink()
-    shipped = Path(tune.__file__).resolve().parent.parent / "schedules" / "host-znver5"
+    shipped = Path(records.__file__).resolve().parent.parent / "schedules" / "host-znver5"
     if (shipped / records.RECORD_FILE).exists():  # a source checkout
         assert records.shipped_db_dir(_host("znver4"), "generic") == shipped
 

@@ -165,7 +165,7 @@ def reduction_tiles(extents: list[int]) -> list[list[int]]:
 def _context(mod: tvm.IRModule, target: tvm.target.Target):
     from tvm.s_tir import meta_schedule as ms
 
-    from .tune import import_tensor_intrinsics
+    from .tune.builders import import_tensor_intrinsics
 
     import_tensor_intrinsics()  # TuneContext imports them; fast this way
     return ms.TuneContext(mod=mod, target=target, space_generator="post-order-apply",
