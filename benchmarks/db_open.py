@@ -2,7 +2,7 @@
 
 MetaSchedule's JSONDatabase parses every record's schedule when it opens. `compile` instead
 picks one record per kernel from the JSON lines and parses those (``records.apply_database``);
-`tune` parses the records of the kernels it tunes (``records.TaskDatabase``). This times the
+`tune` parses the records of the kernels it tunes (``taskdb.TaskDatabase``). This times the
 three in one process, on the same database, and prints the ratios. Nothing is written to the
 database (``TaskDatabase`` appends only what is committed to it).
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tvmshuffle import frontends, records, target, tune
+from tvmshuffle import frontends, records, target, taskdb, tune
 
 
 def _timed(work):
@@ -47,7 +47,7 @@ def main() -> None:
     for name in args.models.split(","):
         tasks = tune.extract_tasks(frontends.load(frontends.ModelSpec(name, size)).mod,
                                    tune.TuneConfig(config, args.db))
-        view, secs = _timed(lambda: records.TaskDatabase(
+        view, secs = _timed(lambda: taskdb.TaskDatabase(
             args.db, [task.extracted.dispatched[0] for task in tasks]))
         table.add_row(f"tune {name} ({len(tasks)} tasks)",
                       str(len(view.database.get_all_tuning_records())), f"{secs:.1f}",

@@ -38,7 +38,7 @@ from pathlib import Path
 from cold_cache import time_both
 from rich.console import Console
 
-from tvmshuffle import frontends, records, target, tune
+from tvmshuffle import frontends, records, target, taskdb, tune
 
 
 class _Traced:
@@ -119,7 +119,7 @@ def main() -> None:
     missing = set(args.tasks) - {t.name for t in tasks}
     if missing:
         parser.error(f"no task named {', '.join(sorted(missing))} in {args.model}")
-    view = records.TaskDatabase(args.db, [t.extracted.dispatched[0] for t in tasks])
+    view = taskdb.TaskDatabase(args.db, [t.extracted.dispatched[0] for t in tasks])
     try:
         for task in tasks:
             mod = task.extracted.dispatched[0]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_one_line_error, invoke
-from tvmshuffle import records, target, tune
+from tvmshuffle import records, target, taskdb, tune
 from tvmshuffle.errors import DatabaseError
 
 
@@ -44,13 +44,26 @@ def test_a_host_cpu_without_a_database_uses_a_siblings(tmp_path, monkeypatch):
 
 
 def test_a_host_cpu_without_siblings_gets_a_new_database(tmp_path, monkeypatch):
-    """A CPU of another vector ISA (AVX2 only), or one LLVM does not know, tunes its own."""
+    """A CPU of a vector ISA no database has (AVX2 only, when only AVX-512 records exist), or
+    one LLVM does not know, tunes its own; the checkout's shipped databases are out of play."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(records, "SOURCE_ROOT", tmp_path / "no-checkout")
     _make_db(tmp_path / "schedules" / "host-znver5")
     _make_db(tmp_path / "schedules" / "host-not-a-cpu")
     for cpu in ("haswell", "x86-64", "not-a-cpu"):
         assert records.default_db_dir(_host(cpu), "generic") == Path(f"schedules/host-{cpu}")
     assert records.shipped_db_dir(_host("haswell"), "generic") is None
+
+
+def test_an_avx2_host_uses_the_avx2_database(tmp_path, monkeypatch):
+    """An AVX2 CPU with no database of its own (Haswell) applies the one tuned on Zen 3
+    (znver3: AVX2 as its widest vector ISA), not the AVX-512 one."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(records, "SOURCE_ROOT", tmp_path / "no-checkout")
+    _make_db(tmp_path / "schedules" / "host-znver5")
+    _make_db(tmp_path / "schedules" / "host-znver3")
+    for cpu in ("haswell", "znver2", "alderlake"):
+        assert records.default_db_dir(_host(cpu), "generic") == Path("schedules/host-znver3")
 
 
 def _scheduled(mod, split: bool, factor: int = 4):
@@ -91,7 +104,7 @@ def test_compile_prefers_records_measured_on_its_own_cpu(tmp_path):
 
 
 @pytest.mark.parametrize("line,fragment", [
-    ('[0, [[], [1e-05], {"kind": "llvm"}\n', f"{records.RECORD_FILE}:1: corrupt tuning record"),
+    ('[0, [[], [1e-05], {"kind": "llvm"}\n', f"{records.RECORD_FILE}:1: corrupt line"),
     ('[0, "schedule"]\n', "record 1 is not a MetaSchedule tuning record"),
     ('[3, [[], [1e-05], {"kind": "llvm"}, []]]\n', "record 1 names workload 3, but"),
     ('[0, [[], [1e-05], {"kind": "no-such-kind"}, []]]\n', "record 1 has a target TVM rejects"),
@@ -138,7 +151,7 @@ def test_a_tune_sees_its_kernels_records_and_appends_to_the_database(tmp_path):
     before = {name: (tmp_path / name).read_bytes() for name in (records.WORKLOAD_FILE,
                                                                  records.RECORD_FILE)}
 
-    view = records.TaskDatabase(tmp_path, [tripled, halved])
+    view = taskdb.TaskDatabase(tmp_path, [tripled, halved])
     assert sorted(float(r.run_secs[0]) for r in view.database.get_all_tuning_records()) == \
         [2e-6, 3e-6]
     _commit(view.database, tripled, 4e-6, here)

@@ -6,7 +6,7 @@ as records arrive, never rewritten. A third file, METHOD_FILE, says how its reco
 (weights prepacked or not, caches flushed or warm while timing): records of different methods
 do not compare, so a database holds one. Neither tune nor compile has TVM parse every record
 (2.8 ms a record: 45 s for the shipped database): tune reads the records of the kernels it
-tunes (TaskDatabase), compile only the one it applies per kernel, picked from the JSON lines
+tunes (taskdb.TaskDatabase), compile only the one it applies per kernel, picked from the JSON lines
 (apply_database).
 """
 
@@ -15,18 +15,21 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import statistics
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import tvm
 
+from . import dbfiles
 from .errors import DatabaseError, first_line
 from .target import TargetConfig
+
+log = logging.getLogger(__name__)
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -61,28 +64,38 @@ LEGACY_METHOD = DEFAULT_METHOD  # records made before METHOD_FILE
 
 
 def _json_lines(path: Path) -> Iterator[tuple[bytes, object]]:
-    """(line, parsed) for each non-blank line of a database file, the line ending in a newline
-    (the last one of a file may not); a corrupt or truncated line is reported with its file and
-    line number instead of being dropped with the rest."""
+    """(line, parsed) for each non-blank line of a database file, the line ending in a newline.
+    A last line cut short by a write that never finished (no newline, not JSON) is skipped
+    with a warning (the next tune sets it aside, ``dbfiles``); a corrupt line anywhere else is
+    reported with its file and line number instead of being dropped with the rest."""
+    torn = dbfiles.torn_tail(path)
     with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            if torn is not None and not line.endswith(b"\n"):
+                log.warning("%s:%d: a last line cut short by a write that never finished is "
+                            "ignored (the next tune sets it aside)", path, number)
+                return
             try:
                 yield line.rstrip(b"\n") + b"\n", json.loads(line)
             except ValueError as err:
-                raise DatabaseError(
-                    f"{path}:{number}: corrupt tuning record ({err.__class__.__name__}); "
-                    "fix or delete that line, the other records are intact") from err
+                advice = ("delete that line, the other records are intact"
+                          if path.name != WORKLOAD_FILE else
+                          "records name workloads by line number, so do not delete it: restore "
+                          "the file from a copy, or tune into another --db")
+                raise DatabaseError(f"{path}:{number}: corrupt line "
+                                    f"({err.__class__.__name__}); {advice}") from err
 
 
 def check_database(db_dir: Path) -> None:
     """Every line of both database files must be a JSON record (DatabaseError naming the
     first that is not)."""
-    for name in (WORKLOAD_FILE, RECORD_FILE):
-        if (db_dir / name).exists():
-            for _ in _json_lines(db_dir / name):
-                pass
+    with dbfiles.locked(db_dir, exclusive=False):
+        for name in (WORKLOAD_FILE, RECORD_FILE):
+            if (db_dir / name).exists():
+                for _ in _json_lines(db_dir / name):
+                    pass
 
 
 def _make_dir(db_dir: Path) -> None:
@@ -118,60 +131,14 @@ def workload_hashes(db_dir: Path, mods: list[tvm.IRModule]) -> list[str | None]:
                 else None for mod in mods]
 
 
-class TaskDatabase:
-    """``db_dir``'s database as a tune of some kernels sees it: every workload, and only the
-    records of those kernels (parsing all 15,554 records of the shipped database took 45 s a
-    tune; the search, the budgets and re-timing look only at the tuned kernels' records).
+def _hash_of(fields) -> str:
+    """A workload line's structural hash (its first field)."""
+    return str(fields[0]) if isinstance(fields, list) and fields else ""
 
-    Workloads are read from and appended to ``db_dir``'s own file, so indices agree; records
-    are read from a scratch file holding the kernels' lines, and every record appended to it
-    (by MetaSchedule after each measured batch, by re-timing, by ``keep_untuned_if_faster``)
-    is copied to ``db_dir``'s record file by ``sync``, which the tuning loop calls after each
-    batch and on the way out (Ctrl-C and SIGTERM included)."""
 
-    def __init__(self, db_dir: Path, mods: list[tvm.IRModule]):
-        from tvm.s_tir import meta_schedule as ms
-
-        _make_dir(db_dir)
-        workload_file, self._record_file = db_dir / WORKLOAD_FILE, db_dir / RECORD_FILE
-        # every line of both files is checked by the scans below (``_json_lines``), the
-        # workload file's before TVM reads it
-        file_hashes = [str(fields[0]) if isinstance(fields, list) and fields else None
-                       for _, fields in _json_lines(workload_file)] \
-            if workload_file.exists() else []
-        self._scratch = tempfile.TemporaryDirectory(prefix="tvmshuffle-records-")
-        scratch = Path(self._scratch.name) / RECORD_FILE
-        scratch.touch()
-        # the kernels that are in the file already
-        hashes = set(workload_hashes(db_dir, mods)) - {None}
-        indices = {i for i, shash in enumerate(file_hashes) if shash in hashes}
-        with open(scratch, "wb") as out:
-            if self._record_file.exists():
-                for line, fields in _json_lines(self._record_file):
-                    if isinstance(fields, list) and fields and fields[0] in indices:
-                        out.write(line)
-        self._offset = scratch.stat().st_size  # what is already in db_dir's file
-        self._scratch_file = scratch
-        self._lock = threading.Lock()
-        self.database = ms.database.JSONDatabase(path_workload=str(workload_file),
-                                                 path_tuning_record=str(scratch))
-
-    def sync(self) -> None:
-        """Append to ``db_dir``'s record file the whole lines appended since the last call."""
-        with self._lock, open(self._scratch_file, "rb") as f:
-            f.seek(self._offset)
-            new = f.read()
-            new = new[:new.rfind(b"\n") + 1]  # a line being written waits for the next call
-            if new:
-                with open(self._record_file, "ab") as out:
-                    out.write(new)
-                    out.flush()
-                    os.fsync(out.fileno())
-                self._offset += len(new)
-
-    def close(self) -> None:
-        self.sync()
-        self._scratch.cleanup()
+def _record_index(fields) -> int | None:
+    return fields[0] if isinstance(fields, list) and fields and isinstance(fields[0], int) \
+        else None
 
 
 def database_method(db_dir: Path) -> Method | None:
@@ -295,9 +262,13 @@ def _located(db_dir: Path) -> Path | None:
     return None
 
 
+# the source checkout this package runs from, whose schedules/ ship with it
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
+
 def _roots(db_dir: Path) -> tuple[Path, Path]:
     """``db_dir`` under the working directory, and beside this package (a source checkout)."""
-    return db_dir, Path(__file__).resolve().parent.parent / db_dir
+    return db_dir, SOURCE_ROOT / db_dir
 
 
 @dataclass
@@ -312,14 +283,23 @@ class Ranked:
 
 
 def read_ranked(db_dir: Path, target: tvm.target.Target) -> Ranked:
-    """Every timed record of ``db_dir``, ranked for ``target``, after checking each line."""
+    """Every timed record of ``db_dir``, ranked for ``target``, after checking each line (under
+    the folder's shared lock: no tune appends meanwhile). A workload the file holds twice is
+    read as one, its first line."""
     if not (db_dir / RECORD_FILE).exists():
         raise DatabaseError(f"no tuning database in {db_dir} (expected {RECORD_FILE})")
+    with dbfiles.locked(db_dir, exclusive=False):
+        return _read_ranked(db_dir, target)
+
+
+def _read_ranked(db_dir: Path, target: tvm.target.Target) -> Ranked:
     workloads, hashes = [], []
     if (db_dir / WORKLOAD_FILE).exists():
         for line, fields in _json_lines(db_dir / WORKLOAD_FILE):
             workloads.append(line)
-            hashes.append(str(fields[0]) if isinstance(fields, list) and fields else "")
+            hashes.append(_hash_of(fields))
+    first: dict[str, int] = {}
+    canonical = [first.setdefault(h, i) for i, h in enumerate(hashes)]
     target_str = str(target)
     same_target: dict[str, bool] = {}  # a record's target, as JSON -> is it ``target``
     ranked: dict[int, list] = {}
@@ -343,7 +323,7 @@ def read_ranked(db_dir: Path, target: tvm.target.Target) -> Ranked:
             except Exception as err:  # TVM raises ValueError, TVMError...
                 raise DatabaseError(f"{db_dir / RECORD_FILE}: record {number} has a target TVM "
                                     f"rejects: {first_line(err)}") from err
-        ranked.setdefault(index, []).append(((not same_target[key], time_ms), record))
+        ranked.setdefault(canonical[index], []).append(((not same_target[key], time_ms), record))
     for entries in ranked.values():
         entries.sort(key=lambda entry: entry[0])
     return Ranked(workloads, hashes, ranked)
@@ -385,11 +365,12 @@ def read_picks(db_dir: Path, target: tvm.target.Target) -> dict[str, Pick]:
 
 def append_picks(db_dir: Path, lines: list[dict]) -> None:
     """Append pick lines (workload, trace, target, fastest_ms and what was measured) to
-    ``db_dir``'s PICKS_FILE."""
-    with open(db_dir / PICKS_FILE, "ab") as out:
-        out.write(b"".join(json.dumps(line, sort_keys=True).encode() + b"\n" for line in lines))
-        out.flush()
-        os.fsync(out.fileno())
+    ``db_dir``'s PICKS_FILE, under the folder's exclusive lock."""
+    with dbfiles.locked(db_dir, exclusive=True):
+        dbfiles.repair_torn_tail(db_dir / PICKS_FILE)
+        dbfiles.append(db_dir / PICKS_FILE,
+                       b"".join(json.dumps(line, sort_keys=True).encode() + b"\n"
+                                for line in lines))
 
 
 def choose(ranked: Ranked, picks: dict[str, Pick]) -> tuple[dict[int, list], set[int]]:

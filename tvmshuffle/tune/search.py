@@ -11,7 +11,8 @@ from typing import Callable
 
 import tvm
 
-from ..records import TaskDatabase, best_ms, mean_ms, settle_method, write_method
+from ..records import best_ms, mean_ms, settle_method, write_method
+from ..taskdb import TaskDatabase
 from ..remote import TrackerConfig
 from .budget import plan
 from .builders import _builder, _runner, import_tensor_intrinsics

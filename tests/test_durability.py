@@ -1,0 +1,141 @@
+"""A tuning database shared by several processes and left by a crash (`dbfiles`, `records`):
+concurrent tunes keep every record under its own kernel, a torn last line is set aside
+without a person, a workload written twice is read as one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from tvmshuffle import records, taskdb
+
+from test_databases import _commit, _host, _kernel
+
+WRITER = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    from pathlib import Path
+    from tvmshuffle import records, taskdb
+    from test_databases import _commit, _host, _kernel
+    db, proc = Path(sys.argv[1]), int(sys.argv[2])
+    here = _host("znver4").tvm_target
+    # each process a kernel of its own and one every process shares
+    scales = [1.0 + proc, 0.5]
+    mods = {{scale: _kernel(scale) for scale in scales}}
+    view = taskdb.TaskDatabase(db, list(mods.values()))
+    for i in range(6):
+        for scale, mod in mods.items():
+            # the time says which kernel and which process wrote it
+            _commit(view.database, mod, scale * 1e-3 + proc * 1e-6 + i * 1e-8, here)
+        view.sync()
+        time.sleep(0.05)
+    view.close()
+""")
+
+
+def _scale_of(secs: float) -> float:
+    return round(secs * 1e3, 1)
+
+
+def test_concurrent_tunes_keep_every_record_under_its_own_kernel(tmp_path):
+    """Four processes append to one database at once, each its own kernel and one shared
+    kernel: no workload is written twice, every record is present and names the kernel it
+    was measured on."""
+    db = tmp_path / "db"
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER.format(tests=str(Path(__file__).parent)))
+    procs = [subprocess.Popen([sys.executable, str(script), str(db), str(p)],
+                              stderr=subprocess.PIPE) for p in range(4)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    workloads = [json.loads(line)[0]
+                 for line in (db / records.WORKLOAD_FILE).read_text().splitlines()]
+    assert len(workloads) == len(set(workloads)) == 5, "4 own kernels + 1 shared, once each"
+    scales = [1.0, 2.0, 3.0, 4.0, 0.5]
+    expected = dict(zip(scales, records.workload_hashes(db, [_kernel(s) for s in scales])))
+    lines = [json.loads(line) for line in (db / records.RECORD_FILE).read_text().splitlines()]
+    assert len(lines) == 4 * 6 * 2
+    for index, record in lines:
+        assert workloads[index] == expected[_scale_of(float(record[1][0]))]
+    ranked = records.read_ranked(db, _host("znver4").tvm_target)
+    assert sorted(len(entries) for entries in ranked.records.values()) == [6, 6, 6, 6, 24]
+
+
+def test_a_torn_last_line_is_set_aside_and_the_tune_goes_on(tmp_path, caplog):
+    """A record line cut short by a crash (no newline, not JSON): compile reads around it and
+    leaves the file alone; the next tune copies it to <file>.torn-<time>, truncates it away,
+    says so, and appends after the intact lines."""
+    here = _host("znver4").tvm_target
+    mod = _kernel(2.0)
+    view = taskdb.TaskDatabase(tmp_path, [mod])
+    _commit(view.database, mod, 1e-6, here)
+    view.close()
+    record_file = tmp_path / records.RECORD_FILE
+    intact = record_file.read_bytes()
+    record_file.write_bytes(intact + b'[0, [[["GetSBlock", [], ["ro')
+    assert len(records.read_ranked(tmp_path, here).records[0]) == 1
+    assert record_file.read_bytes().endswith(b'["ro'), "a reader repairs nothing"
+
+    view = taskdb.TaskDatabase(tmp_path, [mod])
+    assert "cut short" in caplog.text
+    (aside,) = tmp_path.glob(f"{records.RECORD_FILE}.torn-*")
+    assert aside.read_bytes() == b'[0, [[["GetSBlock", [], ["ro'
+    assert record_file.read_bytes() == intact
+    _commit(view.database, mod, 2e-6, here)
+    view.close()
+    assert record_file.read_bytes().startswith(intact)
+    assert len(records.read_ranked(tmp_path, here).records[0]) == 2
+
+
+def test_a_whole_last_line_without_its_newline_is_kept(tmp_path):
+    """A last line that parses but lacks its newline is a record: ended, not set aside."""
+    here = _host("znver4").tvm_target
+    mod = _kernel(2.0)
+    view = taskdb.TaskDatabase(tmp_path, [mod])
+    _commit(view.database, mod, 1e-6, here)
+    view.close()
+    record_file = tmp_path / records.RECORD_FILE
+    record_file.write_bytes(record_file.read_bytes().rstrip(b"\n"))
+    taskdb.TaskDatabase(tmp_path, [mod]).close()
+    assert record_file.read_bytes().endswith(b"\n")
+    assert not list(tmp_path.glob("*.torn-*"))
+    assert len(records.read_ranked(tmp_path, here).records[0]) == 1
+
+
+def test_a_workload_written_twice_is_read_as_one(tmp_path):
+    """Two unlocked tunes of an older version could write a workload twice and records under
+    both lines: compile ranks them together, and a tune sees all of them."""
+    here = _host("znver4").tvm_target
+    mod = _kernel(2.0)
+    view = taskdb.TaskDatabase(tmp_path, [mod])
+    _commit(view.database, mod, 2e-6, here)
+    view.close()
+    workload_file, record_file = tmp_path / records.WORKLOAD_FILE, tmp_path / records.RECORD_FILE
+    workload_file.write_bytes(workload_file.read_bytes() * 2)
+    record = json.loads(record_file.read_text())[1]
+    record[1] = [1e-6]
+    with open(record_file, "a") as f:
+        f.write(json.dumps([1, record]) + "\n")
+    ranked = records.read_ranked(tmp_path, here)
+    assert list(ranked.records) == [0] and len(ranked.records[0]) == 2
+    view = taskdb.TaskDatabase(tmp_path, [mod])
+    assert sorted(float(r.run_secs[0]) for r in view.database.get_all_tuning_records()) == \
+        [1e-6, 2e-6]
+    view.close()
+
+
+def test_a_corrupt_line_in_the_middle_names_its_place_with_safe_advice(tmp_path):
+    """Damage that is no torn tail stops with file:line; for the workload file the advice is
+    not to delete the line (records name workloads by line number)."""
+    import pytest
+    from tvmshuffle.errors import DatabaseError
+
+    here = _host("znver4").tvm_target
+    (tmp_path / records.WORKLOAD_FILE).write_text('["1", "x"]\nnot json\n["2", "y"]\n')
+    (tmp_path / records.RECORD_FILE).write_text("")
+    with pytest.raises(DatabaseError, match=r"database_workload.json:2: .*do not delete it"):
+        records.read_ranked(tmp_path, here)
