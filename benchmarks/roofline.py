@@ -114,7 +114,8 @@ def main() -> None:
         total_ms = bench.run_local(artifact, repeat=30).latency.median_ms
         kernels = bench.profile_kernels(artifact, runs=20)
     costs = kernel_costs(compiled.final_mod)
-    tuned = set(pipeline.tuned_kernels(compiled.final_mod))
+    # where each kernel's schedule came from: a record, the default (defaults.py), TVM's loops
+    sources = compiled.schedules
     rows = []
     for k in kernels:
         flops, nbytes = costs.get(k.name, (0.0, 0))
@@ -129,7 +130,7 @@ def main() -> None:
                      "mflops": flops / 1e6, "mbytes": nbytes / 1e6,
                      "intensity": intensity, "gflops": attained, "bound_gflops": bound,
                      "of_bound": attained / bound if bound else 0.0,
-                     "tuned": k.name in tuned})
+                     "schedule": sources.get(k.name, export.TVM_LOOPS)})
     data = {"model": args.model, "size": args.size, "db": str(args.db) if args.db else None,
             "compute_peak_gflops": peak, "flops_per_cycle": per_cycle, "ghz": ghz,
             "torch_matmul_gflops": blas, "bandwidth_gbs": bw, "total_ms": total_ms,
@@ -144,13 +145,13 @@ def main() -> None:
                   f"copy); ridge at {peak / bw:.1f} FLOP/byte")
     table = Table()
     for column in ("kernel", "calls", "ms", "share", "MFLOP", "MB", "FLOP/B", "GFLOP/s",
-                   "bound", "of bound", "tuned"):
+                   "bound", "of bound", "schedule"):
         table.add_column(column, justify="left" if column == "kernel" else "right")
     for r in rows[:args.top]:
         table.add_row(r["kernel"], str(r["calls"]), f"{r['ms']:.3f}", f"{100 * r['share']:.1f}%",
                       f"{r['mflops']:.1f}", f"{r['mbytes']:.2f}", f"{r['intensity']:.1f}",
                       f"{r['gflops']:.1f}", f"{r['bound_gflops']:.1f}",
-                      f"{100 * r['of_bound']:.0f}%", "yes" if r["tuned"] else "no")
+                      f"{100 * r['of_bound']:.0f}%", r["schedule"])
     console.print(table)
 
 

@@ -27,6 +27,22 @@ def test_speedup_arithmetic():
     assert (large["theoretical"], large["measured"]) == (pytest.approx(10.0), pytest.approx(4.0))
 
 
+def test_speedup_over_the_baselines_fastest_engine():
+    """On the machine the peers ran on, the speedup is also given over the baseline as the
+    fastest engine of the run ran it: our AlexNet 4x slower than ONNX Runtime's no longer
+    flatters ShuffleNet; on another device (a phone) it is not given."""
+    alexnet = compare.Cell("alexnet", (224, 224), 720, latency_ms=240.0,
+                           peers_ms={"onnxruntime": 60.0, "torch": 90.0})
+    cells = [alexnet, cell("shufflenet", 40, 10.0)]
+    entry = compare.speedups(cells, "alexnet", peers_comparable=True)[("shufflenet", (224, 224))]
+    assert entry["measured"] == pytest.approx(24.0)
+    assert entry["fastest_engine"] == "onnxruntime"
+    assert entry["measured_vs_fastest"] == pytest.approx(6.0)
+    assert entry["efficiency_vs_fastest"] == pytest.approx(6.0 / 18.0)
+    assert "measured_vs_fastest" not in compare.speedups(cells, "alexnet")[("shufflenet",
+                                                                           (224, 224))]
+
+
 def test_flops_to_speed_fit():
     """Latency growing as FLOPs**0.69 at every size gives the paper's 4x -> 2.6x."""
     cells = []

@@ -74,6 +74,7 @@ class Cell:
     latency_ms: float | None = None  # tvmshuffle .so on the device
     max_abs_err: float | None = None
     tuned_kernels: int = 0
+    default_kernels: int = 0  # with the default schedule derived from the target (no record)
     measured_elsewhere: int = 0  # of the tuned kernels, those with another target's records
     kernels: int = 0
     peers_ms: dict | None = None  # engine -> ms on the host
@@ -118,9 +119,11 @@ def measure_cell(imported: frontends.ImportedModel, name: str, size: tuple[int, 
         return cell
     cell.latency_ms = result.latency.median_ms
     cell.max_abs_err = result.max_abs_err
-    cell.tuned_kernels = len(manifest["tuning"]["tuned_kernels"])
+    sources = list(manifest["tuning"]["schedules"].values())
+    cell.tuned_kernels = sources.count("record")
+    cell.default_kernels = sources.count("default")
     cell.measured_elsewhere = sum(manifest["tuning"]["measured_elsewhere"].values())
-    cell.kernels = len(manifest["kernels"])
+    cell.kernels = len(sources)  # those that run
     cell.peers_ms = _peers(name, imported, artifact, config, work)
     return cell
 
@@ -181,9 +184,13 @@ def run(config: CompareConfig, progress=None,
     return cells
 
 
-def speedups(cells: list[Cell], baseline: str) -> dict[tuple[str, tuple[int, int]], dict]:
+def speedups(cells: list[Cell], baseline: str,
+             peers_comparable: bool = False) -> dict[tuple[str, tuple[int, int]], dict]:
     """Per (model, size): theoretical (FLOPs) and measured (latency) speedup over ``baseline``
-    at the same size, and efficiency = measured / theoretical."""
+    at the same size, and efficiency = measured / theoretical. With ``peers_comparable`` (the
+    device is this machine, where the peers ran), also the speedup over the baseline as the
+    fastest engine of the run ran it (ours, PyTorch or ONNX Runtime): a baseline served worse
+    by one engine than by another would otherwise flatter the models against it."""
     base = {c.size: c for c in cells if c.model == baseline}
     result = {}
     for cell in cells:
@@ -193,9 +200,16 @@ def speedups(cells: list[Cell], baseline: str) -> dict[tuple[str, tuple[int, int
         theoretical = ref.macs / cell.macs
         measured = (ref.latency_ms / cell.latency_ms
                     if ref.latency_ms and cell.latency_ms else None)
-        result[(cell.model, cell.size)] = {
-            "theoretical": theoretical, "measured": measured,
-            "efficiency": measured / theoretical if measured else None}
+        entry = {"theoretical": theoretical, "measured": measured,
+                 "efficiency": measured / theoretical if measured else None}
+        engines = {**(ref.peers_ms or {}), **({"tvmshuffle": ref.latency_ms}
+                                               if ref.latency_ms else {})}
+        if peers_comparable and engines and cell.latency_ms:
+            engine, fastest = min(engines.items(), key=lambda item: item[1])
+            entry.update({"fastest_engine": engine,
+                          "measured_vs_fastest": fastest / cell.latency_ms,
+                          "efficiency_vs_fastest": fastest / cell.latency_ms / theoretical})
+        result[(cell.model, cell.size)] = entry
     return result
 
 

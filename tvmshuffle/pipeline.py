@@ -117,13 +117,6 @@ def kernel_names(mod: tvm.IRModule) -> list[str]:
                   if isinstance(func, tvm.tirx.PrimFunc))
 
 
-def tuned_kernels(mod: tvm.IRModule) -> list[str]:
-    """Kernels of a lowered module that carry a schedule from a tuning database."""
-    return sorted(gv.name_hint for gv, func in mod.functions.items()
-                  if isinstance(func, tvm.tirx.PrimFunc)
-                  and func.attrs is not None and func.attrs.get("tirx.is_scheduled", False))
-
-
 def data_movement_kernels(mod: tvm.IRModule) -> list[str]:
     """Kernels of a lowered module whose only work is moving one tensor into another of the
     same shape: every block a plain load -> store (a reshape-transpose-reshape channel shuffle

@@ -338,7 +338,8 @@ def _size(size) -> str:
 def compare_json(cells, config, environment: dict) -> dict:
     from . import compare
 
-    over = {b: compare.speedups(cells, b) for b in ("alexnet", "mobilenet_v1_1.0")}
+    same_machine = config.target.runs_on_host and not environment["emulated"]
+    over = {b: compare.speedups(cells, b, same_machine) for b in ("alexnet", "mobilenet_v1_1.0")}
     rows = []
     for cell in cells:
         key = (cell.model, cell.size)
@@ -346,7 +347,8 @@ def compare_json(cells, config, environment: dict) -> dict:
         rows.append({
             "model": cell.model, "size": _size(cell.size), "mflops": round(cell.macs / 1e6, 2),
             "latency_ms": cell.latency_ms, "max_abs_err": cell.max_abs_err,
-            "tuned_kernels": cell.tuned_kernels, "kernels": cell.kernels,
+            "tuned_kernels": cell.tuned_kernels, "default_kernels": cell.default_kernels,
+            "kernels": cell.kernels,
             "measured_elsewhere": cell.measured_elsewhere,
             "peers_ms": cell.peers_ms, "error": cell.error, "paper_sd820_ms": paper,
             "speedup_over": {b: over[b].get(key) for b in over},
@@ -371,7 +373,10 @@ def compare_table(data: dict, console: Console | None = None) -> None:
             return "-"
         measured = f"{entry['measured']:.1f}x" if entry["measured"] else "?"
         eff = f" ({entry['efficiency']:.2f})" if entry["efficiency"] else ""
-        return f"{entry['theoretical']:.1f}x / {measured}{eff}"
+        fastest = (f"; {entry['measured_vs_fastest']:.1f}x "
+                   f"({entry['efficiency_vs_fastest']:.2f}) vs its fastest engine "
+                   f"({entry['fastest_engine']})" if entry.get("measured_vs_fastest") else "")
+        return f"{entry['theoretical']:.1f}x / {measured}{eff}{fastest}"
 
     for row in data["rows"]:
         peers = row["peers_ms"] or {}
@@ -379,6 +384,8 @@ def compare_table(data: dict, console: Console | None = None) -> None:
                    else "[red]missing[/red]")
         table.add_row(row["model"], row["size"], f"{row['mflops']:.0f}", latency,
                       f"{row['tuned_kernels']}/{row['kernels']}"
+                      + (f" +{row['default_kernels']} default" if row.get("default_kernels")
+                         else "")
                       + (f" ({row['measured_elsewhere']} timed elsewhere)"
                          if row.get("measured_elsewhere") else ""),
                       f"{peers['torch']:.2f}" if "torch" in peers else "-",
