@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from tvmshuffle import records, taskdb
 
 from test_databases import _commit, _host, _kernel
@@ -131,7 +132,6 @@ def test_a_workload_written_twice_is_read_as_one(tmp_path):
 def test_a_corrupt_line_in_the_middle_names_its_place_with_safe_advice(tmp_path):
     """Damage that is no torn tail stops with file:line; for the workload file the advice is
     not to delete the line (records name workloads by line number)."""
-    import pytest
     from tvmshuffle.errors import DatabaseError
 
     here = _host("znver4").tvm_target
@@ -139,3 +139,49 @@ def test_a_corrupt_line_in_the_middle_names_its_place_with_safe_advice(tmp_path)
     (tmp_path / records.RECORD_FILE).write_text("")
     with pytest.raises(DatabaseError, match=r"database_workload.json:2: .*do not delete it"):
         records.read_ranked(tmp_path, here)
+
+
+def test_stale_scratch_folders_of_dead_tunes_are_removed(tmp_path, monkeypatch):
+    """A tune killed with -9 leaves its scratch folder; the next tune removes the folders of
+    processes that are gone, and keeps those of live ones."""
+    import os
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"{taskdb.SCRATCH_PREFIX}{dead.pid}-abc"
+    live = tmp_path / f"{taskdb.SCRATCH_PREFIX}{os.getpid()}-abc"
+    for path in (stale, live):
+        path.mkdir()
+        (path / records.RECORD_FILE).write_text("")
+    assert taskdb.remove_stale_scratch() == [stale]
+    assert not stale.exists() and live.exists()
+
+
+@pytest.mark.slow
+def test_embedded_servers_die_with_a_process_killed_with_9():
+    """kill -9 of a process running the embedded tracker and device leaves neither (nor their
+    workers) listening: their watchdog ends their process group."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    code = ("import time\nfrom tvmshuffle import remote\nwith remote.embedded_device() as c:\n"
+            "    print(c.address, flush=True)\n    time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip(), "the embedded device started"
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert len(children) >= 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        alive = [c for c in children
+                 if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            break
+        time.sleep(0.5)
+    assert not alive, [c.cmdline() for c in alive]

@@ -93,8 +93,10 @@ def _free_port() -> int:
 
 
 def _spawn(args: list[str], env: dict) -> subprocess.Popen:
-    # own session: one killpg stops the server and the workers it forks
-    return subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=subprocess.DEVNULL,
+    # own session: one killpg stops the server and the workers it forks; the watchdog ends
+    # the session when this process dies without doing so (kill -9)
+    return subprocess.Popen([sys.executable, "-m", "tvmshuffle.watchdog", str(os.getpid()),
+                             *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
 

@@ -4,6 +4,9 @@ tunes, and what it records appended to the database's own files under the folder
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -34,7 +37,8 @@ class TaskDatabase:
 
         _make_dir(db_dir)
         self._dir = db_dir
-        self._scratch = tempfile.TemporaryDirectory(prefix="tvmshuffle-records-")
+        remove_stale_scratch()
+        self._scratch = tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
         scratch = Path(self._scratch.name)
         self._scratch_workloads = scratch / WORKLOAD_FILE
         self._scratch_records = scratch / RECORD_FILE
@@ -129,3 +133,21 @@ class TaskDatabase:
     def close(self) -> None:
         self.sync()
         self._scratch.cleanup()
+
+
+SCRATCH_PREFIX = "tvmshuffle-records-"
+
+
+def remove_stale_scratch() -> list[Path]:
+    """Remove the scratch folders of tunes whose process is gone (killed before it could
+    clean up: ``kill -9``); the folders removed."""
+    import psutil
+
+    removed = []
+    pattern = re.compile(re.escape(SCRATCH_PREFIX) + r"(\d+)-")
+    for path in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        match = pattern.match(path.name)
+        if match and path.is_dir() and not psutil.pid_exists(int(match[1])):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
