@@ -51,19 +51,35 @@ def parse_tracker(text: str) -> tuple[str, int]:
 
 
 def summary(config: TrackerConfig, timeout: float = 5.0) -> dict:
-    """The tracker's queue and server information; DeviceError if it does not answer."""
+    """The tracker's queue and server information; DeviceError if it cannot be reached or
+    does not answer within ``timeout`` seconds (a tracker that accepts the connection and
+    says nothing would otherwise be waited for forever)."""
     try:
         with socket.create_connection((config.host, config.port), timeout=timeout):
             pass
+    except socket.timeout as err:
+        raise DeviceError(f"RPC tracker at {config.address} did not accept a connection "
+                          f"within {timeout:g} s") from err
     except OSError as err:
         raise DeviceError(f"RPC tracker at {config.address} is unreachable "
-                          f"({err.strerror or err}) after {timeout:g} s") from err
+                          f"({err.strerror or err})") from err
     from tvm import rpc
 
+    # TVM's tracker client bounds its connect only: every socket it makes now times out
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
     try:
         return rpc.connect_tracker(config.host, config.port).summary()
+    except socket.timeout as err:
+        raise DeviceError(f"RPC tracker at {config.address} accepted the connection but did "
+                          f"not answer within {timeout:g} s") from err
     except Exception as err:  # TVM raises RPCError / RuntimeError / socket errors
+        if "timed out" in str(err):
+            raise DeviceError(f"RPC tracker at {config.address} accepted the connection but "
+                              f"did not answer within {timeout:g} s") from err
         raise DeviceError(f"RPC tracker at {config.address} did not answer: {err}") from err
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def free_devices(config: TrackerConfig, timeout: float = 5.0) -> int:
