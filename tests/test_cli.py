@@ -96,6 +96,9 @@ def test_run_refuses_wrong_numerics(tmp_path):
      ("mcpu 'z80'",)),
     (("compile", "alexnet", "-o", "{tmp}/file/o"), ("not writable",)),
     (("flops", "alexnet", "--input-size", "10x10"), ("too small",)),
+    (("compile", "alexnet", "--input-size", "100000x100000", "-o", "{tmp}/o"), ("too large",)),
+    (("compile", "shufflenet_v1_g3_0.25x", "--state-dict", "{tmp}/file", "-o", "{tmp}/o"),
+     ("cannot load state_dict", "not a file torch.load reads as weights")),
     (("models", "resnet*"), ("no zoo model matches",)),
     (("run", "{tmp}"), ("not a tvmshuffle artifact",)),
 ])

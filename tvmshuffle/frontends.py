@@ -47,11 +47,19 @@ class ImportedModel:
     reference: Reference
 
 
+# pixels of the largest input accepted: 4K (2160x3840) with room; an input of 100000x100000
+# would need 224 GiB before the first layer
+MAX_PIXELS = 16384 * 16384
+
+
 def parse_input_size(text: str) -> tuple[int, int]:
     """'224x224' -> (224, 224); height first, as in the paper's Table 8 (480x640, 720x1280)."""
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text or "")
     if not match or int(match[1]) == 0 or int(match[2]) == 0:
         raise BadInputError(f"bad input size '{text}': expected HEIGHTxWIDTH, e.g. 224x224")
+    if int(match[1]) * int(match[2]) > MAX_PIXELS:
+        raise BadInputError(f"input size '{text}' is too large: at most {MAX_PIXELS} pixels "
+                            "(e.g. 16384x16384)")
     return int(match[1]), int(match[2])
 
 
@@ -79,6 +87,7 @@ def check_size(name: str, size: tuple[int, int], minimum: int) -> None:
     if min(size) < minimum:
         raise BadInputError(f"input size {size[0]}x{size[1]} is too small for {name}: "
                             f"it needs at least {minimum}x{minimum}")
+
 
 
 def _torch_reference(module: Callable) -> Reference:

@@ -238,10 +238,14 @@ def build(name: str, state_dict: Path | None = None, seed: int = DEFAULT_SEED) -
     if state_dict is not None:
         try:
             loaded = torch.load(state_dict, map_location="cpu", weights_only=True)
-            model.load_state_dict(loaded)
         except FileNotFoundError as err:
             raise BadInputError(f"state_dict file not found: {state_dict}") from err
-        except (RuntimeError, KeyError, TypeError, ValueError, EOFError) as err:
+        except Exception as err:  # noqa: BLE001 - any file: unpickling fails in many ways
+            raise BadInputError(f"cannot load state_dict {state_dict}: not a file torch.load "
+                                f"reads as weights ({err.__class__.__name__})") from err
+        try:
+            model.load_state_dict(loaded)
+        except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as err:
             raise BadInputError(f"cannot load state_dict {state_dict} into {name}: "
                                 f"{first_line(err)}") from err
     return model.eval()
