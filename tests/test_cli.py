@@ -71,6 +71,25 @@ def test_run_refuses_a_tampered_library(tmp_path):
 
 
 @pytest.mark.slow
+def test_run_refuses_an_edited_manifest_and_a_corrupt_reference(tmp_path):
+    """A manifest whose input shape was edited, and a reference.npz that is no archive, are
+    refused in one line, not run as if nothing were wrong."""
+    import shutil
+
+    out = tmp_path / "out"
+    assert invoke("compile", "mobilenet_v1_0.25", "--input-size", "64x64", "-o",
+                  str(out)).exit_code == 0
+    edited = tmp_path / "edited"
+    shutil.copytree(out, edited)
+    manifest = json.loads((edited / "manifest.json").read_text())
+    manifest["input"]["shape"] = [1, 3, 128, 128]
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    assert_one_line_error(invoke("run", str(edited)), "the manifest was edited")
+    (out / "reference.npz").write_bytes(b"not an archive")
+    assert_one_line_error(invoke("run", str(out)), "damaged artifact")
+
+
+@pytest.mark.slow
 def test_run_refuses_wrong_numerics(tmp_path):
     """A reference that disagrees with the module fails with the error size, no latency."""
     import numpy as np

@@ -16,7 +16,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .errors import BadInputError, NumericsError
+from .errors import BadInputError, NumericsError, first_line
 from .export import MANIFEST_NAME, sha256
 from .target import TargetConfig
 
@@ -78,11 +78,18 @@ def load_artifact(out_dir: Path) -> Artifact:
         reference = np.load(out_dir / manifest["reference"]["file"])
         expected = tuple(reference[f"output_{i}"] for i in range(len(manifest["outputs"])))
         x = reference["input"]
-    except (OSError, ValueError, KeyError) as err:
-        raise BadInputError(f"{out_dir}: damaged artifact ({type(err).__name__}: {err})") from err
+    except Exception as err:  # noqa: BLE001 - a damaged .npz fails in zipfile, pickle, numpy
+        raise BadInputError(f"{out_dir}: damaged artifact ({type(err).__name__}: "
+                            f"{first_line(err)})") from err
     if not library.is_file() or sha256(library) != manifest["library"]["sha256"]:
         raise BadInputError(f"{library} is missing or does not match the sha256 in "
                             f"{manifest_path}: recompile")
+    declared = manifest.get("input", {})
+    if (list(declared.get("shape", [])) != list(x.shape)
+            or str(declared.get("dtype")) != str(x.dtype)):
+        raise BadInputError(f"{manifest_path} says the input is {declared.get('shape')} "
+                            f"{declared.get('dtype')}, but the library was built for "
+                            f"{list(x.shape)} {x.dtype}: the manifest was edited; recompile")
     return Artifact(out_dir, manifest, x, expected)
 
 
