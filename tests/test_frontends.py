@@ -96,3 +96,22 @@ def test_too_small_input_is_refused():
     """AlexNet's stride-4 stem and three pools need at least 63x63."""
     with pytest.raises(BadInputError, match="too small for alexnet"):
         frontends.load(frontends.ModelSpec("alexnet", (32, 32)))
+
+
+def test_dynamic_onnx_dimensions_are_reported_and_settable(caplog, tmp_path):
+    """An ONNX input with a dynamic batch, height and width is compiled as batch 1 at
+    --input-size (224x224 without it), and a warning says so: no silent assumption."""
+    import logging
+
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, "h", "w"])])
+    with caplog.at_level(logging.WARNING):
+        name, shape, dtype = frontends._onnx_input_shape(graph, tmp_path / "m.onnx", None)
+    assert (name, shape, dtype) == ("x", (1, 3, 224, 224), "float32")
+    assert "dynamic input batch and height and width compiled as 1x3x224x224" in caplog.text
+    _, shape, _ = frontends._onnx_input_shape(graph, tmp_path / "m.onnx", (96, 128))
+    assert shape == (1, 3, 96, 128)

@@ -178,7 +178,14 @@ def _onnx_input_shape(graph, path: Path, size: tuple[int, int] | None):
             raise BadInputError(f"{path} has a fixed input of {dims[2]}x{dims[3]}, not "
                                 f"{size[0]}x{size[1]}")
         wanted = size or DEFAULT_INPUT_SIZE
-        dims = [dims[0] or 1, dims[1], dims[2] or wanted[0], dims[3] or wanted[1]]
+        fixed = [dims[0] or 1, dims[1], dims[2] or wanted[0], dims[3] or wanted[1]]
+        dynamic = [name for name, d in zip(("batch", "height", "width"),
+                                           (dims[0], dims[2], dims[3])) if d is None]
+        if dynamic:
+            log.warning("%s: dynamic input %s compiled as %s (batch 1; height and width from "
+                        "--input-size, else %dx%d)", path.name, " and ".join(dynamic),
+                        "x".join(map(str, fixed)), *DEFAULT_INPUT_SIZE)
+        dims = fixed
     if any(d is None for d in dims):
         raise BadInputError(f"{path}: cannot resolve the input shape {dims}")
     dtype = _ONNX_DTYPES.get(tensor_type.elem_type)
