@@ -24,6 +24,8 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from .errors import DatabaseError
+
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".tvmshuffle.lock"
@@ -37,9 +39,10 @@ def locked(db_dir: Path, exclusive: bool) -> Iterator[bool]:
     path = db_dir / LOCK_NAME
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
+    except OSError as err:
         if exclusive:
-            raise
+            raise DatabaseError(f"cannot write to the tuning database {db_dir}: "
+                                f"{err.strerror or err}") from err
         yield False
         return
     try:
