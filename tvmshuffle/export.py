@@ -63,7 +63,7 @@ class Compiled:
     picks: int = 0  # kernels compiled with a schedule picked in the network (tvmshuffle pick)
     # kernels compiled with a record measured with another target, by what tells it apart
     measured_elsewhere: dict[str, int] = field(default_factory=dict)
-    # each kernel that runs: RECORD, DEFAULT or TVM_LOOPS (empty: TVM's loops throughout)
+    # each kernel that runs (not those the build makes views of): RECORD, DEFAULT or TVM_LOOPS
     schedules: dict[str, str] = field(default_factory=dict)
 
 
@@ -73,7 +73,9 @@ def compile_module(mod: tvm.IRModule, config: CompileConfig) -> Compiled:
     TVM writes it."""
     target = config.target.tvm_target
     if config.db is None and not config.default_schedules:  # TVM's loops throughout
-        return Compiled(*build(lambda: pipeline.lower(mod, target), target))
+        running = pipeline.running_tasks(pipeline.fuse(mod, target), target)
+        return Compiled(*build(lambda: pipeline.lower(mod, target), target),
+                        schedules={task.task_name: TVM_LOOPS for task in running})
     method, picks, ranked, chosen, picked = None, 0, None, {}, set()
     if config.db is not None:
         ranked = records.read_ranked(config.db, target)
@@ -184,7 +186,7 @@ def write_artifact(out_dir: Path, compiled: Compiled, model: frontends.ImportedM
                    "tuned_kernels": sorted(k for k, s in compiled.schedules.items()
                                            if s == RECORD),
                    "default_schedules": config.default_schedules,
-                   "schedules": compiled.schedules or {k: TVM_LOOPS for k in compiled.kernels},
+                   "schedules": compiled.schedules,
                    "picked_in_network": compiled.picks,
                    "measured_elsewhere": compiled.measured_elsewhere},
         "data_movement_kernels": pipeline.data_movement_kernels(compiled.final_mod),
