@@ -234,23 +234,26 @@ def _rv_position(trace, rv) -> tuple[int, int] | None:
     return None
 
 
-def _compute_locations(mod: tvm.IRModule, trace, anchor_loop):
+def _compute_locations(mod: tvm.IRModule, trace, anchor_loop, guess: int = 0):
     """``trace`` with each SampleComputeLocation at ``anchor_loop`` (the register block's outer
     loop) when that is one of its choices, else at the root (a copy of its own, never inlined
     into the multiply-add loop). A choice is an index into the producer's valid locations,
-    outermost first: each is tried until the sampled loop is the anchor (a trace applied to a
-    schedule makes new random variables: they are matched by position)."""
+    outermost first: each is tried, ``guess`` first, until the sampled loop is the anchor (a
+    trace applied to a schedule makes new random variables: they are matched by position)."""
     from tvm import s_tir
 
     anchor = _rv_position(trace, anchor_loop) if anchor_loop is not None else None
     for inst in [i for i in trace.insts if i.kind.name == "SampleComputeLocation"]:
         chosen, sample = -1, _rv_position(trace, inst.outputs[0])
-        for k in range(MAX_LOCATIONS if anchor is not None else 0):
+        order = [guess, *(k for k in range(MAX_LOCATIONS) if k != guess)]
+        for k in (order if anchor is not None else []):
             probe = s_tir.Schedule(mod)
             try:
                 trace.with_decision(inst, k, remove_postproc=True).apply_to_schedule(
                     probe, remove_postproc=True)
             except Exception:  # noqa: BLE001 - past the last location: TVM rejects the index
+                if k == guess:
+                    continue
                 break
             insts = probe.trace.insts
             sampled = probe.get_sref(insts[sample[0]].outputs[sample[1]])
@@ -294,7 +297,8 @@ def default_schedule(mod: tvm.IRModule, target: tvm.target.Target) -> Default | 
             continue
         for inst, decision in zip(insts, decisions):
             trace = trace.with_decision(inst, decision, remove_postproc=True)
-        trace = _compute_locations(mod, _with_categoricals(trace), s1_loop)
+        # the anchor is usually the last of the S0 and S1 loops that enclose the block
+        trace = _compute_locations(mod, _with_categoricals(trace), s1_loop, 2 * len(block) - 1)
         try:
             sch = _apply(mod, trace, context.space_generator.postprocs)
         except (tvm.TVMError, ValueError, RuntimeError) as err:
