@@ -175,11 +175,15 @@ def _tune_tasks(tasks: list[Task], config: TuneConfig, view: TaskDatabase, build
     view.sync()
     if stop.is_set():
         raise KeyboardInterrupt
-    default_ms, seeded = seed_defaults(tasks, database, builder, runner)
+    budget = plan(tasks, config, database)
+    # each task tuned now has its default timed first, as the first of its trials (a task at
+    # its budget measures nothing)
+    tuned_now = [t for t in tasks if budget[t.name][1] > 0]
+    default_ms, seeded = seed_defaults(tuned_now, database, builder, runner)
     view.sync()
     if stop.is_set():
         raise KeyboardInterrupt
-    budget = plan(tasks, config, database)
+    budget = {name: (before, todo - (name in seeded)) for name, (before, todo) in budget.items()}
     progress.start(tasks, {name: todo for name, (_, todo) in budget.items()})
     # one XGBoost model for all tasks, so what it learns on one conv helps the next; it ranks
     # candidates after 16 measurements instead of MetaSchedule's 100 (our budgets are small)
@@ -187,18 +191,16 @@ def _tune_tasks(tasks: list[Task], config: TuneConfig, view: TaskDatabase, build
     target = config.target.tvm_target
     # untuned latency only of the tasks tuned now: resumed ones keep the table's "-"
     untuned = {task.name: None for task in tasks}
-    untuned.update(measure_untuned([t for t in tasks if budget[t.name][1] > 0], builder, runner))
+    untuned.update(measure_untuned(tuned_now, builder, runner))
     results = []
     for task in tasks:
         if stop.is_set():
             raise KeyboardInterrupt
         before, todo = budget[task.name]
-        # the default timed now is this run's first trial, not a resumed one (the budget
-        # counts it either way)
-        before -= task.name in seeded
         untuned_secs = untuned[task.name]
         result = TaskResult(task, before, untuned_ms=mean_ms(untuned_secs),
-                            remeasured=remeasured[task.name], default_ms=default_ms[task.name])
+                            remeasured=remeasured[task.name],
+                            default_ms=default_ms.get(task.name))
         progress.task_started(task, todo)
         if todo > 0:
             report = _progress_callback(task, progress, best_ms(_records(database, task, target)),
