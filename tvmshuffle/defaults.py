@@ -12,16 +12,17 @@ instead, with the decisions the search would sample chosen from the target:
 * the register block (the S3 tile levels: outputs kept in vector registers while the inner
   reduction runs) is an outer product of pixels by whole vectors of output channels, the
   broadcast-FMA micro-kernel of BLAS and ncnn, sized to the vector register file
-  (``tiles.registers``: AVX-512 32 x 16 lanes, AVX2 16 x 8, NEON 32 x 4): as many
-  accumulators as leave a register for each weight vector and one for the broadcast input,
-  chosen for the most multiply-adds per load;
+  (``tiles.registers``: AVX-512 32 x 16 lanes, AVX2 16 x 8, NEON 32 x 4): accumulators and
+  a broadcast register (on NEON, which has no FMA memory operand, also one per weight vector)
+  within the file, chosen for the most multiply-adds per load;
 * the inner reduction (R1) is as long as MetaSchedule allows (64), the cache-written tile is
   the register block (the accumulators stay in registers, the epilogue — bias, residual, ReLU
   — runs on them in place, vectorized), S2 is 1, the parallel level S0 gives each core a few
   jobs when the target names several;
 * producers MetaSchedule may move (padding, the fused channel shuffle's gather) are computed
-  at the register block's outer loop, where their tile is read (never inlined into the
-  multiply-add loop, never a whole-tensor copy); loops are unrolled up to 512 steps.
+  at the register block's outer loop, where their tile is read, when that is one of their
+  locations (else as a copy at the root; never inlined into the multiply-add loop); loops are
+  unrolled up to 512 steps.
 
 Kernels MetaSchedule does not tile (pooling, concatenation, transposes, reductions) keep TVM's
 own loops, which LLVM vectorizes: on ShuffleNet 1x they ran 2-8x faster than the design space's
@@ -31,9 +32,9 @@ Why this design and not the two others the issue names: a ``dlight``-style rule 
 re-implement what MetaSchedule's rules already write, and its schedules could not seed the
 search; fp32 micro-kernel tensor intrinsics would need an intrinsic per ISA and per block shape,
 and MetaSchedule's tensorize rule only matches whole blocks of the intrinsic's shape (ShuffleNet's
-group convolutions have 40-120 output channels a group). Decisions in MetaSchedule's space carry
+group convolutions have 20-320 output channels a group). Decisions in MetaSchedule's space carry
 to a new ISA with its register count and lane width alone. The measurements that chose the
-levels above are in benchmarks/RESULTS.md ("Default schedules").
+levels above are in benchmarks/RESULTS.md ("Default schedules derived from the target").
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def register_block(extents: list[int], reads: list[frozenset[int]], regs: tiles.
     vectorized loop does not index it, a vector when it does): pixels x channels reuse the
     input across the channel vectors and the weights across the pixels. The accumulators, and
     unless the ISA takes a load as an FMA operand (x86) the weight vectors, fit the register
-    file with one to spare; masked lanes count as lost work. Ties: more accumulators, then
+    file with one more for the broadcast; masked lanes count as lost work. Ties: more accumulators, then
     blocks along the inner loops."""
     *outer, channels = extents
     last = len(extents) - 1
