@@ -100,8 +100,8 @@ def register_block(extents: list[int], reads: list[frozenset[int]], regs: tiles.
     vectorized loop does not index it, a vector when it does): pixels x channels reuse the
     input across the channel vectors and the weights across the pixels. The accumulators, and
     unless the ISA takes a load as an FMA operand (x86) the weight vectors, fit the register
-    file with one more for the broadcast; masked lanes count as lost work. Ties: more accumulators, then
-    blocks along the inner loops."""
+    file with one more for the broadcast; masked lanes count as lost work. Ties: more
+    accumulators, then blocks along the inner loops."""
     *outer, channels = extents
     last = len(extents) - 1
     # whole vectors, or the whole loop: a block that ends inside a vector repeats a masked,
