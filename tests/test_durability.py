@@ -1,6 +1,7 @@
-"""A tuning database shared by several processes and left by a crash (`dbfiles`, `records`):
-concurrent tunes keep every record under its own kernel, a torn last line is set aside
-without a person, a workload written twice is read as one."""
+"""Nothing lost, nothing left behind: a tuning database shared by several processes and left by
+a crash (`dbfiles`, `taskdb`) keeps every record under its own kernel, sets a torn last line
+aside without a person and reads a workload written twice as one; embedded servers and scratch
+folders do not outlive a killed process; a silent tracker is an error in bounded time."""
 
 from __future__ import annotations
 
