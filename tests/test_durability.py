@@ -67,16 +67,21 @@ def test_concurrent_tunes_keep_every_record_under_its_own_kernel(tmp_path):
     assert sorted(len(entries) for entries in ranked.records.values()) == [6, 6, 6, 6, 24]
 
 
+def _one_record(db: Path):
+    """A database in ``db`` with one record of one kernel: (target, kernel, record file)."""
+    here = _host("znver4").tvm_target
+    mod = _kernel(2.0)
+    view = taskdb.TaskDatabase(db, [mod])
+    _commit(view.database, mod, 1e-6, here)
+    view.close()
+    return here, mod, db / records.RECORD_FILE
+
+
 def test_a_torn_last_line_is_set_aside_and_the_tune_goes_on(tmp_path, caplog):
     """A record line cut short by a crash (no newline, not JSON): compile reads around it and
     leaves the file alone; the next tune copies it to <file>.torn-<time>, truncates it away,
     says so, and appends after the intact lines."""
-    here = _host("znver4").tvm_target
-    mod = _kernel(2.0)
-    view = taskdb.TaskDatabase(tmp_path, [mod])
-    _commit(view.database, mod, 1e-6, here)
-    view.close()
-    record_file = tmp_path / records.RECORD_FILE
+    here, mod, record_file = _one_record(tmp_path)
     intact = record_file.read_bytes()
     record_file.write_bytes(intact + b'[0, [[["GetSBlock", [], ["ro')
     assert len(records.read_ranked(tmp_path, here).records[0]) == 1
@@ -95,12 +100,7 @@ def test_a_torn_last_line_is_set_aside_and_the_tune_goes_on(tmp_path, caplog):
 
 def test_a_whole_last_line_without_its_newline_is_kept(tmp_path):
     """A last line that parses but lacks its newline is a record: ended, not set aside."""
-    here = _host("znver4").tvm_target
-    mod = _kernel(2.0)
-    view = taskdb.TaskDatabase(tmp_path, [mod])
-    _commit(view.database, mod, 1e-6, here)
-    view.close()
-    record_file = tmp_path / records.RECORD_FILE
+    here, mod, record_file = _one_record(tmp_path)
     record_file.write_bytes(record_file.read_bytes().rstrip(b"\n"))
     taskdb.TaskDatabase(tmp_path, [mod]).close()
     assert record_file.read_bytes().endswith(b"\n")
