@@ -181,7 +181,7 @@ def test_corrupt_database_line_is_named_and_kept(tmp_path):
     (db / records.RECORD_FILE).write_text('[0, [[], [1e-05], {"kind": "llvm"}\n')
     before = (db / records.RECORD_FILE).read_bytes()
     result = invoke("tune", *MODEL, "--db", str(db), "--trials", "1")
-    assert_one_line_error(result, f"{records.RECORD_FILE}:1: corrupt tuning record")
+    assert_one_line_error(result, f"{records.RECORD_FILE}:1: corrupt line")
     assert (db / records.RECORD_FILE).read_bytes() == before
 
 
