@@ -61,8 +61,7 @@ class TaskDatabase:
                 if record_file.exists():
                     for line, fields in _json_lines(record_file):
                         if _record_index(fields) in indices:
-                            out.write(json.dumps([canonical[fields[0]], fields[1]]).encode()
-                                      + b"\n")
+                            out.write(_reindexed(line, canonical[fields[0]]))
         self._offset = self._scratch_records.stat().st_size  # what db_dir's file has
         self._workload_offset = self._scratch_workloads.stat().st_size
         self._lock = threading.Lock()
@@ -103,13 +102,13 @@ class TaskDatabase:
                 self._read_appended_workloads(workload_file)
                 workloads, out = [], []
                 for line in new.splitlines():
-                    index, record = json.loads(line)
+                    index = json.loads(line)[0]
                     shash = self._hashes[index]
                     if shash not in self._known:
                         self._known[shash] = len(self._order)
                         self._order.append(shash)
                         workloads.append(lines[index])
-                    out.append(json.dumps([self._known[shash], record]).encode() + b"\n")
+                    out.append(_reindexed(line + b"\n", self._known[shash]))
                 self._file_size = dbfiles.append(workload_file, b"".join(workloads))
                 dbfiles.append(record_file, b"".join(out))
             self._offset += len(new)
@@ -151,3 +150,9 @@ def remove_stale_scratch() -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def _reindexed(line: bytes, index: int) -> bytes:
+    """A record line ``[i, record]`` under workload ``index``, the record's bytes as
+    MetaSchedule wrote them."""
+    return b"[" + str(index).encode() + line[line.index(b","):].rstrip(b"\n") + b"\n"
