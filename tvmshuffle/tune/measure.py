@@ -85,20 +85,17 @@ def seed_defaults(tasks: list[Task], database, builder,
         if known:
             found[task.name] = mean_ms(known[0].run_secs)
             continue
-        batch.append((task, default))
+        batch.append((task, default, ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
     for i, step, error, secs in _build_and_run(builder, runner, [
-            (d.schedule.mod, task.extracted.target,
-             ms.arg_info.ArgInfo.from_prim_func(task.extracted.dispatched[0]["main"]))
-            for task, d in batch]):
-        task, default = batch[i]
+            (d.schedule.mod, task.extracted.target, args) for task, d, args in batch]):
+        task, default, args = batch[i]
         if error:
             log.warning("the default schedule of %s failed to %s: %s", task.name, step, error)
         database.commit_tuning_record(ms.database.TuningRecord(
             default.schedule.trace, database.commit_workload(task.extracted.dispatched[0]),
-            secs or [1e10], task.extracted.target,
-            ms.arg_info.ArgInfo.from_prim_func(task.extracted.dispatched[0]["main"])))
+            secs or [1e10], task.extracted.target, args))
         found[task.name] = mean_ms(secs)
-    return found, {task.name for task, _ in batch}
+    return found, {task.name for task, _, _ in batch}
 
 
 def keep_untuned_if_faster(database, task: Task, run_secs: list[float],
