@@ -34,11 +34,15 @@ LOCK_NAME = ".tvmshuffle.lock"
 @contextlib.contextmanager
 def locked(db_dir: Path, exclusive: bool) -> Iterator[bool]:
     """Hold the database folder's lock (exclusive for writers, shared for readers) for the
-    block; yields whether a lock is held. A folder where the lock file cannot be created
-    (a read-only shipped database) is read without one: nobody can write there either."""
+    block; yields whether a lock is held. A reader of a folder with no lock file (no tune has
+    written it since locks came, or a read-only shipped database) reads without one."""
     path = db_dir / LOCK_NAME
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # a reader creates nothing (compile leaves a shipped folder as it was): with no lock
+        # file no writer has come yet, and a line one starts meanwhile reads as a torn tail,
+        # which readers skip
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644) if exclusive else os.open(
+            path, os.O_RDONLY)
     except OSError as err:
         if exclusive:
             raise DatabaseError(f"cannot write to the tuning database {db_dir}: "
