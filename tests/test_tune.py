@@ -246,6 +246,33 @@ def test_ctrl_c_keeps_records_and_stops_servers(tmp_path):
                 and server.status() != psutil.STATUS_ZOMBIE], "servers left running"
 
 
+@pytest.mark.parametrize("sig, delay, code, word", [
+    (signal.SIGINT, 6.0, 130, "interrupted"), (signal.SIGTERM, 25.0, 143, "terminated")])
+def test_a_signal_before_measuring_ends_at_once(tmp_path, sig, delay, code, word):
+    """Ctrl-C or SIGTERM while the model is imported or its kernels are found (TVM's C++ passes
+    calling back into Python): one line and the signal's exit code within seconds, no
+    traceback, no server left, no database begun (it used to give a C++ traceback, or be
+    swallowed and the tune run to its end)."""
+    db = tmp_path / "db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tvmshuffle.cli", "tune", *MODEL, "--ops", "all", "--trials",
+         "40", "--db", str(db)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(delay)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    children = psutil.Process(proc.pid).children(recursive=True)
+    if (db / records.RECORD_FILE).exists():
+        pytest.skip("this machine reached measuring before the signal")
+    os.killpg(proc.pid, sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr.decode()[-2000:]
+    assert stderr.decode().strip().splitlines() == [f"Error: {word}"]
+    assert not (db / records.RECORD_FILE).exists()
+    time.sleep(1)
+    assert not [child for child in children if child.is_running()
+                and child.status() != psutil.STATUS_ZOMBIE], "processes left running"
+
+
 def test_a_device_dying_mid_tuning_does_not_stop_it(tracker, tmp_path):
     """Two devices under a key, one killed mid-run: tuning finishes on the other, every record
     written before and after is kept."""

@@ -19,18 +19,25 @@ log = logging.getLogger(__name__)
 
 
 class _Group(click.Group):
-    """Turns TvmShuffleError into one line on stderr and the error's exit code."""
+    """Runs the command in a worker thread (``interrupts``: Ctrl-C never lands inside TVM's C++
+    code), and turns TvmShuffleError into one line on stderr and the error's exit code."""
 
     def invoke(self, ctx: click.Context):
+        from . import interrupts
+
         try:
-            return super().invoke(ctx)
+            return interrupts.run_command(lambda: click.Group.invoke(self, ctx))
         except TvmShuffleError as err:
             click.echo(f"Error: {err}", err=True)
             sys.exit(err.exit_code)
         except KeyboardInterrupt as err:
-            # Servers were stopped and records saved by the stages' own cleanup on the way
-            # here. Exit without interpreter teardown: TVM's worker pools and runtime threads,
+            # Records were saved by the shielded stages before this (``interrupts``); the
+            # embedded servers end with this process (``watchdog``). Exit without interpreter
+            # teardown: the command's thread may still be inside TVM, and TVM's worker pools,
             # cut short by the same Ctrl-C, can abort the process while it finalizes.
+            from . import remote
+
+            remote.stop_embedded()
             terminated = type(err).__name__ == "Terminated"
             click.echo(f"Error: {'terminated' if terminated else 'interrupted'}", err=True)
             sys.stdout.flush()

@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from . import interrupts
 from .errors import DatabaseError
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,10 @@ def locked(db_dir: Path, exclusive: bool) -> Iterator[bool]:
         yield False
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield True
+        # a writer's region is one the command line lets finish on Ctrl-C (``interrupts``)
+        with interrupts.shielded() if exclusive else contextlib.nullcontext():
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield True
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)

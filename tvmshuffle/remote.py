@@ -108,15 +108,28 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+_SPAWNED: set[subprocess.Popen] = set()  # embedded servers running, for stop_embedded
+
+
 def _spawn(args: list[str], env: dict) -> subprocess.Popen:
     # own session: one killpg stops the server and the workers it forks; the watchdog ends
     # the session when this process dies without doing so (kill -9)
-    return subprocess.Popen([sys.executable, "-m", "tvmshuffle.watchdog", str(os.getpid()),
+    proc = subprocess.Popen([sys.executable, "-m", "tvmshuffle.watchdog", str(os.getpid()),
                              *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
+    _SPAWNED.add(proc)
+    return proc
+
+
+def stop_embedded() -> None:
+    """Stop every embedded server still running (the command line, ending the process on
+    Ctrl-C without unwinding the command that started them)."""
+    for proc in list(_SPAWNED):
+        _stop(proc)
 
 
 def _stop(proc: subprocess.Popen) -> None:
+    _SPAWNED.discard(proc)
     if proc.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):

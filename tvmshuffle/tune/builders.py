@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from typing import Iterator
 
 import tvm
@@ -109,15 +110,23 @@ def _runner(config: TuneConfig, tracker: TrackerConfig, devices: int):
     return ms.runner.RPCRunner(rpc_config, evaluator, max_workers=devices)
 
 
-def _build_and_run(builder, runner, kernels: list) -> Iterator[tuple[int, str, str | None,
-                                                                       list[float] | None]]:
+def _build_and_run(builder, runner, kernels: list, stop: threading.Event | None = None
+                   ) -> Iterator[tuple[int, str, str | None, list[float] | None]]:
     """Build ``kernels`` ((module, target, args info) each) in one batch and run those that
     built on the device, yielding as results arrive: (index, step, error, run seconds), step
-    "build" or "run", error None when it ran. Build directories are removed at the end."""
+    "build" or "run", error None when it ran. Build directories are removed at the end.
+
+    Once ``stop`` is set (Ctrl-C) nothing more is yielded: a build or run that failed because
+    the same Ctrl-C killed its worker must not be recorded as the kernel's failure."""
     from tvm.s_tir import meta_schedule as ms
+
+    def stopped() -> bool:
+        return stop is not None and stop.is_set()
 
     built = builder.build([ms.builder.BuilderInput(mod, target) for mod, target, _ in kernels])
     try:
+        if stopped():
+            return
         for i, result in enumerate(built):
             if result.error_msg:
                 yield i, "build", result.error_msg, None
@@ -126,6 +135,8 @@ def _build_and_run(builder, runner, kernels: list) -> Iterator[tuple[int, str, s
                               for i in ran])
         for i, future in zip(ran, futures):
             result = future.result()
+            if stopped():
+                return
             if result.error_msg or not result.run_secs:
                 yield i, "run", result.error_msg or "no timing", None
             else:

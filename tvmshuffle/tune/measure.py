@@ -4,6 +4,7 @@ CPU, and each task's default schedule (``defaults``), the search's first candida
 from __future__ import annotations
 
 import logging
+import threading
 
 from .. import defaults
 from ..records import mean_ms
@@ -13,9 +14,10 @@ from .tasks import Progress, Task, _cpu_of, _records, _signature, foreign_schedu
 log = logging.getLogger(__name__)
 
 
-def measure_untuned(tasks: list[Task], builder, runner) -> dict[str, list[float] | None]:
+def measure_untuned(tasks: list[Task], builder, runner, stop: threading.Event | None = None
+                    ) -> dict[str, list[float] | None]:
     """Run times (seconds) of each task's kernel as TVM compiles it without a schedule, on the
-    device: one batch of builds and runs for all tasks."""
+    device: one batch of builds and runs for all tasks (cut short once ``stop`` is set)."""
     from tvm.s_tir import meta_schedule as ms
 
     if not tasks:
@@ -24,18 +26,19 @@ def measure_untuned(tasks: list[Task], builder, runner) -> dict[str, list[float]
     latencies: dict[str, list[float] | None] = {task.name: None for task in tasks}
     for i, step, error, secs in _build_and_run(builder, runner, [
             (mod, task.extracted.target, ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
-            for mod, task in zip(mods, tasks)]):
+            for mod, task in zip(mods, tasks)], stop):
         if error:
             log.warning("untuned %s of %s failed: %s", step, tasks[i].name, error)
         latencies[tasks[i].name] = secs
     return latencies
 
 
-def remeasure(tasks: list[Task], database, builder, runner,
-              progress: Progress | None = None) -> dict[str, int]:
+def remeasure(tasks: list[Task], database, builder, runner, progress: Progress | None = None,
+              stop: threading.Event | None = None) -> dict[str, int]:
     """Re-time here, in one batch, each task's fastest schedules measured on another CPU
     (``foreign_schedules``) and record them with this target: the search then starts from what
-    the other CPU found, compared with times measured here. Returns the count per task."""
+    the other CPU found, compared with times measured here. Returns the count per task.
+    Once ``stop`` is set, nothing more is recorded."""
     from tvm.s_tir import meta_schedule as ms
 
     picks = [(task, record) for task in tasks
@@ -48,7 +51,7 @@ def remeasure(tasks: list[Task], database, builder, runner,
     candidates = [record.as_measure_candidate() for _, record in picks]
     for i, step, error, secs in _build_and_run(builder, runner, [
             (c.sch.mod, task.extracted.target, c.args_info)
-            for c, (task, _) in zip(candidates, picks)]):
+            for c, (task, _) in zip(candidates, picks)], stop):
         task, record = picks[i]
         if step == "build":  # a build yields only when it failed
             log.warning("re-timing a schedule of %s failed to build: %s", task.name, error)
@@ -62,14 +65,16 @@ def remeasure(tasks: list[Task], database, builder, runner,
     return counts
 
 
-def seed_defaults(tasks: list[Task], database, builder,
-                  runner) -> tuple[dict[str, float | None], set[str]]:
+def seed_defaults(tasks: list[Task], database, builder, runner,
+                  stop: threading.Event | None = None
+                  ) -> tuple[dict[str, float | None], set[str]]:
     """Time, in one batch, the default schedule (``defaults``) of each task whose database
     does not hold it yet, and record it with this target: each task's first measured
     candidate, so that its search starts from it (MetaSchedule's evolutionary search seeds its
     population with the database's fastest records) and ends at least as fast. Returns the
     default's ms per task (None: no default, or it failed; a failure is recorded as
-    MetaSchedule records one, so it is not timed again) and the tasks timed now."""
+    MetaSchedule records one, so it is not timed again; once ``stop`` is set nothing more is
+    recorded) and the tasks timed now."""
     from tvm.s_tir import meta_schedule as ms
 
     found: dict[str, float | None] = {task.name: None for task in tasks}
@@ -87,7 +92,7 @@ def seed_defaults(tasks: list[Task], database, builder,
             continue
         batch.append((task, default, ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
     for i, step, error, secs in _build_and_run(builder, runner, [
-            (d.schedule.mod, task.extracted.target, args) for task, d, args in batch]):
+            (d.schedule.mod, task.extracted.target, args) for task, d, args in batch], stop):
         task, default, args = batch[i]
         if error:
             log.warning("the default schedule of %s failed to %s: %s", task.name, step, error)

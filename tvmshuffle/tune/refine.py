@@ -37,10 +37,12 @@ def _with_tiles(context, trace, insts: list, decisions: list[list[int]]):
     return sch
 
 
-def _timed(builder, runner, kernels: list, name: str) -> dict[int, list[float] | None]:
-    """Run seconds of each kernel that built (None for a failed run), by index."""
+def _timed(builder, runner, kernels: list, name: str,
+           stop: threading.Event) -> dict[int, list[float] | None]:
+    """Run seconds of each kernel that built (None for a failed run), by index; only those
+    timed before ``stop`` was set."""
     found = {}
-    for i, step, error, secs in _build_and_run(builder, runner, kernels):
+    for i, step, error, secs in _build_and_run(builder, runner, kernels, stop):
         if step == "build":
             log.warning("a tile neighbour of %s failed to build: %s", name, error)
         else:
@@ -103,7 +105,7 @@ def refine(task: Task, context, database, builder, runner, budget: int, stop: th
         if not batch:
             continue
         secs = _timed(builder, runner, [(sch.mod, target, args_info) for sch in batch],
-                      task.name)
+                      task.name, stop)
         timed += len(secs)
         best_ms_now = mean_ms(best.run_secs)
         faster = [i for i, s in secs.items() if mean_ms(s) is not None
@@ -112,7 +114,7 @@ def refine(task: Task, context, database, builder, runner, budget: int, stop: th
         if cold_runner is not None and faster:
             cold = _timed(builder, cold_runner, [
                 (best.as_measure_candidate().sch.mod, target, args_info),
-                *((batch[i].mod, target, args_info) for i in faster)], task.name)
+                *((batch[i].mod, target, args_info) for i in faster)], task.name, stop)
             best_cold = mean_ms(cold.get(0))
             for n, i in enumerate(faster, start=1):
                 pick_cold = mean_ms(cold.get(n))

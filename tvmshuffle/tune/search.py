@@ -11,6 +11,7 @@ from typing import Callable
 
 import tvm
 
+from .. import interrupts
 from ..records import best_ms, mean_ms, settle_method, write_method
 from ..taskdb import TaskDatabase
 from ..remote import TrackerConfig
@@ -134,25 +135,40 @@ def tune_tasks(tasks: list[Task], config: TuneConfig, tracker: TrackerConfig, de
 
 
 def _interruptible(work: Callable[[threading.Event], list[TaskResult]]) -> list[TaskResult]:
-    """Run ``work`` in a thread so that Ctrl-C lands in plain Python (here), never inside
-    MetaSchedule's C++ loop or a callback it runs, where it crashes the process."""
+    """Run ``work(stop)`` so that Ctrl-C lands in plain Python, never inside MetaSchedule's C++
+    loop or a callback it runs, where it crashes the process; ``work`` checks ``stop`` between
+    batches and raises KeyboardInterrupt.
+
+    In the command line's worker thread no signal is raised: ``interrupts.STOP`` says it, and
+    the main thread waits for this shielded region. Called from the main thread (the Python
+    API), ``work`` runs in a thread of its own and a KeyboardInterrupt here sets ``stop``."""
+    if interrupts.in_command_thread():
+        with interrupts.shielded():
+            return work(interrupts.STOP)
     stop = threading.Event()
     outcome: dict = {}
+    # An Event, not Thread.join: Python 3.11's join, interrupted by Ctrl-C, can mark the still
+    # running thread as stopped (bpo-45274's fix releases the lock that thread holds); the
+    # cleanup then stopped the tracker under a tune still measuring, which retried it for a
+    # minute per batch (seen: no exit 300 s after SIGINT).
+    done = threading.Event()
 
     def run():
         try:
             outcome["value"] = work(stop)
         except BaseException as err:  # handed to the main thread
             outcome["error"] = err
+        finally:
+            done.set()
 
-    thread = threading.Thread(target=run, name="tvmshuffle-tune", daemon=True)
-    thread.start()
+    threading.Thread(target=run, name="tvmshuffle-tune", daemon=True).start()
     try:
-        while thread.is_alive():
-            thread.join(0.2)
+        while not done.wait(0.2):
+            pass
     except KeyboardInterrupt:
         stop.set()
-        thread.join()
+        while not done.wait(0.2):  # the batch being measured ends, nothing more is started
+            pass
         raise
     error = outcome.get("error")
     if error is not None:
@@ -171,7 +187,7 @@ def _tune_tasks(tasks: list[Task], config: TuneConfig, view: TaskDatabase, build
     if config.refine and not config.method.flush_caches:
         cold_runner = _runner(replace(config, method=replace(config.method, flush_caches=True)),
                               tracker, devices)
-    remeasured = remeasure(tasks, database, builder, runner, progress)
+    remeasured = remeasure(tasks, database, builder, runner, progress, stop)
     view.sync()
     if stop.is_set():
         raise KeyboardInterrupt
@@ -179,7 +195,7 @@ def _tune_tasks(tasks: list[Task], config: TuneConfig, view: TaskDatabase, build
     # each task tuned now has its default timed first, as the first of its trials (a task at
     # its budget measures nothing)
     tuned_now = [t for t in tasks if budget[t.name][1] > 0]
-    default_ms, seeded = seed_defaults(tuned_now, database, builder, runner)
+    default_ms, seeded = seed_defaults(tuned_now, database, builder, runner, stop)
     view.sync()
     if stop.is_set():
         raise KeyboardInterrupt
@@ -191,7 +207,9 @@ def _tune_tasks(tasks: list[Task], config: TuneConfig, view: TaskDatabase, build
     target = config.target.tvm_target
     # untuned latency only of the tasks tuned now: resumed ones keep the table's "-"
     untuned = {task.name: None for task in tasks}
-    untuned.update(measure_untuned(tuned_now, builder, runner))
+    untuned.update(measure_untuned(tuned_now, builder, runner, stop))
+    if stop.is_set():
+        raise KeyboardInterrupt
     results = []
     for task in tasks:
         if stop.is_set():
