@@ -7,14 +7,19 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
 import torch
 from click.testing import CliRunner
 
-from tvmshuffle import frontends, models, remote
+from tvmshuffle import frontends, models, remote, schedule_cache
 from tvmshuffle.cli import cli
+
+# Default schedules derived once per run, shared by the commands the tests start, never in the
+# user's own cache folder: a folder of this run (kept only as long as the machine's /tmp).
+os.environ[schedule_cache.CACHE_ENV] = tempfile.mkdtemp(prefix="tvmshuffle-test-cache-")
 
 
 def invoke(*args: str):

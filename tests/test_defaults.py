@@ -148,3 +148,51 @@ def test_compile_says_which_kernels_got_defaults(tmp_path):
     assert sources.count("default") >= 10 and "record" not in sources
     assert with_defaults["tuned_kernels"] == [] and with_defaults["default_schedules"]
     assert set(loops["schedules"].values()) == {"tvm"} and not loops["default_schedules"]
+
+
+def test_remembered_defaults_are_the_derived_ones(small_tasks, tmp_path, monkeypatch):
+    """The cache folder gives back each kernel's derived default (same trace, same register
+    block, same kernels without one) without deriving again; a damaged entry is derived
+    again and rewritten; another version of the derivation code reads none of the entries."""
+    from tvmshuffle import schedule_cache
+    from tvmshuffle.tune.tasks import _signature
+
+    target_, tasks = small_tasks
+    monkeypatch.setenv(schedule_cache.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(schedule_cache, "_memory", {})
+    derived = {t.name: defaults.default_schedule(t.extracted.dispatched[0], target_)
+               for t in tasks}
+    for task in tasks:  # derived now, and stored
+        schedule_cache.default_schedule(task.extracted.dispatched[0], target_)
+    entries = sorted(tmp_path.glob("defaults/*/*.json"))
+    assert len(entries) == len({schedule_cache._key(t.extracted.dispatched[0], target_)
+                                for t in tasks})
+
+    def from_disk():
+        monkeypatch.setattr(schedule_cache, "_memory", {})
+        monkeypatch.setattr(defaults, "default_schedule", _must_not_derive)
+        return {t.name: schedule_cache.default_schedule(t.extracted.dispatched[0], target_)
+                for t in tasks}
+
+    def _must_not_derive(*_args):
+        raise AssertionError("derived again")
+
+    for name, got in from_disk().items():
+        want = derived[name]
+        assert (got is None) == (want is None), name
+        if want is not None:
+            assert _signature(got.schedule.trace) == _signature(want.schedule.trace)
+            assert got.block == want.block
+            tvm.ir.assert_structural_equal(got.schedule.mod, want.schedule.mod)
+    monkeypatch.undo()
+    monkeypatch.setenv(schedule_cache.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(schedule_cache, "_memory", {})
+    grouped = next(t for t in tasks if t.kind == "grouped").extracted.dispatched[0]
+    entry = next(p for p in entries if p.stem == schedule_cache._key(grouped, target_))
+    entry.write_text('{"trace": "not a trace", "block": [1]}')
+    again = schedule_cache.default_schedule(grouped, target_)
+    assert again is not None and json.loads(entry.read_text())["trace"] != "not a trace"
+    monkeypatch.setattr(schedule_cache, "_memory", {})
+    monkeypatch.setattr(schedule_cache, "_code_version", lambda: "another-version")
+    schedule_cache.default_schedule(grouped, target_)
+    assert (tmp_path / "defaults" / "another-version").is_dir()

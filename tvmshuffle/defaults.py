@@ -313,16 +313,3 @@ def default_schedule(mod: tvm.IRModule, target: tvm.target.Target) -> Default | 
 # A default's record in a database that only applies schedules (compile): never timed, never
 # written to a tuning database (tune times a default before recording it).
 UNTIMED_SECS = [1.0]
-
-
-def commit(database, mod: tvm.IRModule, target: tvm.target.Target) -> Default | None:
-    """Commit the default schedule of ``mod`` to ``database`` (compile's in-memory one); the
-    default, or None when the kernel has none."""
-    from tvm.s_tir import meta_schedule as ms
-
-    default = default_schedule(mod, target)
-    if default is not None:
-        database.commit_tuning_record(ms.database.TuningRecord(
-            default.schedule.trace, database.commit_workload(mod), UNTIMED_SECS, target,
-            ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
-    return default

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from . import __version__, defaults, flops, frontends, pipeline, records, toolchain
+from . import __version__, flops, frontends, pipeline, records, schedule_cache, toolchain
 from .errors import BadInputError, BuildError, TvmShuffleError, first_line
 from .flops import FlopReport
 from .target import TargetConfig
@@ -100,7 +100,7 @@ def compile_module(mod: tvm.IRModule, config: CompileConfig) -> Compiled:
     for task in tasks:
         if applied[task.task_name] is not None:
             sources[task.task_name] = RECORD
-        elif config.default_schedules and defaults.commit(database, task.dispatched[0], target):
+        elif config.default_schedules and schedule_cache.commit(database, task.dispatched[0], target):
             sources[task.task_name] = DEFAULT
         else:
             sources[task.task_name] = TVM_LOOPS

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from .. import defaults
+from .. import schedule_cache
 from ..records import mean_ms
 from .builders import _build_and_run
 from .tasks import Progress, Task, _cpu_of, _records, _signature, foreign_schedules
@@ -81,7 +81,7 @@ def seed_defaults(tasks: list[Task], database, builder, runner,
     batch = []
     for task in tasks:
         mod = task.extracted.dispatched[0]
-        default = defaults.default_schedule(mod, task.extracted.target)
+        default = schedule_cache.default_schedule(mod, task.extracted.target)
         if default is None:
             continue
         signature = _signature(default.schedule.trace)
