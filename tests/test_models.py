@@ -34,6 +34,19 @@ def test_baseline_flops_match_paper(name, paper):
     assert mflops(name) == pytest.approx(paper, rel=0.03)
 
 
+@pytest.mark.parametrize("name", ["shufflenet_v1_g8_0.25x", "mobilenet_v1_0.25"])
+def test_layer_shapes_count_what_the_imported_module_counts(name):
+    """`models` counts a zoo model from its layers' shapes on the meta device (no import):
+    every layer's multiply-adds and kind as the imported Relax module's count has them, and
+    the parameters of the weighted model."""
+    fast = flops.count_module(models.shape_only(name), (1, 3, 224, 224))
+    imported = flops.count(frontends.load(frontends.ModelSpec(name), decompose=False).mod)
+    assert sorted((l.kind, l.macs) for l in fast.layers) == sorted(
+        (l.kind, l.macs) for l in imported.layers)
+    assert models.parameter_count(models.shape_only(name)) == models.parameter_count(
+        models.build(name))
+
+
 def test_channel_shuffle_is_the_papers_permutation():
     """Channel shuffle with g groups of n sends channel i*n+j to position j*g+i."""
     g, n = 3, 4

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from math import prod
+from typing import TYPE_CHECKING
 
-import tvm
-from tvm import relax
+if TYPE_CHECKING:  # TVM is imported where a Relax module is counted: `models` needs none
+    import tvm
+    from tvm import relax
 
 CONV_OPS = ("relax.nn.conv1d", "relax.nn.conv2d", "relax.nn.conv3d")
 MATMUL_OPS = ("relax.matmul",)
@@ -47,6 +49,9 @@ class FlopReport:
 
 
 def _shape(expr: relax.Expr) -> tuple[int, ...] | None:
+    import tvm
+    from tvm import relax
+
     sinfo = expr.ty
     if not isinstance(sinfo, relax.TensorType) or sinfo.shape is None:
         return None
@@ -92,6 +97,9 @@ def count(mod: tvm.IRModule, func_name: str = "main") -> FlopReport:
     Works on a module before fusion (as imported or after the graph passes), where every
     operator is still a Relax call with static shapes.
     """
+    import tvm
+    from tvm import relax
+
     layers: list[Layer] = []
 
     def visit(expr: relax.Expr) -> None:
@@ -107,4 +115,43 @@ def count(mod: tvm.IRModule, func_name: str = "main") -> FlopReport:
             layers.append(layer)
 
     relax.analysis.post_order_visit(mod[func_name], visit)
+    return FlopReport(tuple(layers))
+
+
+def count_module(model, input_shape: tuple[int, ...]) -> FlopReport:
+    """Multiply-adds of a PyTorch module's convolutions and linear layers at ``input_shape``,
+    counted as ``count`` counts them, from the shapes of one forward pass on PyTorch's "meta"
+    device (no arithmetic, no weights copied): milliseconds, where importing through
+    ``torch.export`` takes seconds a model. ``model`` is built on any device; it is moved to
+    "meta" (so pass one you no longer need, or a copy)."""
+    import torch
+    from torch import nn
+
+    layers: list[Layer] = []
+
+    def conv_hook(module: nn.Conv2d, _inputs, output) -> None:
+        window = prod(module.kernel_size)
+        in_per_group = module.in_channels // module.groups
+        if module.groups == 1:
+            kind = "pointwise" if window == 1 else "conv"
+        elif in_per_group == 1 and module.groups == module.out_channels:
+            kind = "depthwise"
+        else:
+            kind = "grouped"
+        layers.append(Layer("relax.nn.conv2d", kind, tuple(output.shape),
+                            output.numel() * in_per_group * window))
+
+    def linear_hook(module: nn.Linear, _inputs, output) -> None:
+        layers.append(Layer("relax.matmul", "matmul", tuple(output.shape),
+                            output.numel() * module.in_features))
+
+    hooks = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        model = model.to("meta").eval()
+        with torch.no_grad():
+            model(torch.empty(input_shape, device="meta"))
+    finally:
+        for hook in hooks:
+            hook.remove()
     return FlopReport(tuple(layers))

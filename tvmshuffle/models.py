@@ -251,5 +251,13 @@ def build(name: str, state_dict: Path | None = None, seed: int = DEFAULT_SEED) -
     return model.eval()
 
 
+def shape_only(name: str) -> nn.Module:
+    """The zoo model ``name`` with no weights (on PyTorch's "meta" device): its structure and
+    shapes only, built in milliseconds, for counting (``flops.count_module``)."""
+    entry = lookup(name)
+    with torch.device("meta"):
+        return entry.factory().eval()
+
+
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
