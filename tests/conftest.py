@@ -14,12 +14,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tvmshuffle import frontends, models, remote, schedule_cache
+from tvmshuffle import frontends, logs, models, remote, schedule_cache
 from tvmshuffle.cli import cli
 
 # Default schedules derived once per run, shared by the commands the tests start, never in the
 # user's own cache folder: a folder of this run (kept only as long as the machine's /tmp).
 os.environ[schedule_cache.CACHE_ENV] = tempfile.mkdtemp(prefix="tvmshuffle-test-cache-")
+# the log files of the commands the tests start, likewise
+os.environ[logs.LOG_ENV] = tempfile.mkdtemp(prefix="tvmshuffle-test-logs-")
 
 
 def invoke(*args: str):

@@ -134,3 +134,50 @@ def test_corrupt_and_unsupported_onnx_are_one_line(model_files, unsupported_onnx
                                  str(tmp_path / "o")), "not a valid ONNX model")
     assert_one_line_error(invoke("compile", str(unsupported_onnx), "-o", str(tmp_path / "o")),
                           "DFT")
+
+
+def test_long_stages_print_a_plain_line_where_no_terminal_shows_progress(monkeypatch):
+    """Where stderr is no terminal (CI logs), a stage that runs longer than the heartbeat says
+    what it is doing, n of N included, in plain lines; a quick one prints nothing."""
+    import io
+    import time
+
+    from tvmshuffle import report
+
+    stream = io.StringIO()
+    monkeypatch.setattr(report.err, "file", stream)
+    monkeypatch.setattr(report, "HEARTBEAT_SECONDS", 0.2)
+    with report.step("timing every model") as at:
+        at("shufflenet at 224x224 (cell 2 of 5)")
+        time.sleep(2.5)
+    lines = stream.getvalue().splitlines()
+    assert lines and all(line.endswith("timing every model: shufflenet at 224x224 (cell 2 of 5)")
+                         for line in lines), lines
+    assert lines[0].startswith("[")
+    stream.truncate(0)
+    stream.seek(0)
+    time.sleep(1.5)  # nothing running: nothing said
+    assert stream.getvalue() == ""
+
+
+def test_other_libraries_output_goes_to_the_log_file(tmp_path):
+    """From the entry point, PyTorch's warning traceback about a damaged .pt2 goes to the log
+    file and the terminal gets the one `Error:` line; with --verbose it prints."""
+    import os
+    import subprocess
+    import sys
+
+    damaged = tmp_path / "damaged.pt2"
+    damaged.write_bytes(b"PK\x03\x04 not a whole zip file" * 4)
+    env = {**os.environ, "TVMSHUFFLE_LOG_DIR": str(tmp_path / "logs")}
+    quiet = subprocess.run([sys.executable, "-m", "tvmshuffle.cli", "flops", str(damaged)],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert quiet.returncode == 2
+    assert quiet.stderr.strip().splitlines() == [quiet.stderr.strip()]
+    assert quiet.stderr.startswith("Error: cannot read") and "Traceback" not in quiet.stderr
+    (log,) = (tmp_path / "logs").glob("flops-*.log")
+    assert "Traceback" in log.read_text()  # torch's, kept for whoever needs it
+    verbose = subprocess.run([sys.executable, "-m", "tvmshuffle.cli", "-v", "flops",
+                              str(damaged)], capture_output=True, text=True, env=env,
+                             timeout=300)
+    assert verbose.returncode == 2 and "Traceback" in verbose.stderr

@@ -23,12 +23,12 @@ class _Group(click.Group):
     code), and turns TvmShuffleError into one line on stderr and the error's exit code."""
 
     def invoke(self, ctx: click.Context):
-        from . import interrupts
+        from . import interrupts, logs
 
         try:
             return interrupts.run_command(lambda: click.Group.invoke(self, ctx))
         except TvmShuffleError as err:
-            click.echo(f"Error: {err}", err=True)
+            click.echo(f"Error: {err}", file=logs.terminal())
             sys.exit(err.exit_code)
         except KeyboardInterrupt as err:
             # Records were saved by the shielded stages before this (``interrupts``); the
@@ -39,8 +39,10 @@ class _Group(click.Group):
 
             remote.stop_embedded()
             terminated = type(err).__name__ == "Terminated"
-            click.echo(f"Error: {'terminated' if terminated else 'interrupted'}", err=True)
+            click.echo(f"Error: {'terminated' if terminated else 'interrupted'}",
+                       file=logs.terminal())
             sys.stdout.flush()
+            logs.terminal().flush()
             sys.stderr.flush()
             os._exit(143 if terminated else 130)
 
@@ -154,8 +156,12 @@ device_option = click.option(
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tvmshuffle")
-@click.option("-v", "--verbose", is_flag=True, help="Log what each stage does.")
-def cli(verbose: bool) -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Log what each stage does, and let TVM's and other libraries' own output "
+                   "(C++ log lines, warnings) print; without it that goes to a log file "
+                   "($TVMSHUFFLE_LOG_DIR, else ~/.local/state/tvmshuffle/log).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
     """Compile, tune and deploy ShuffleNet (and any CNN) with Apache TVM, and report FLOPs
     against measured speed.
 
@@ -169,8 +175,11 @@ def cli(verbose: bool) -> None:
     tvmshuffle deploy OUT                   the same on a device over RPC (tracker or embedded)
     tvmshuffle compare                      FLOPs vs measured speedup (the paper's Table 8)
     """
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    from . import logs, report
+
+    logs.configure(verbose, ctx.invoked_subcommand, native=_ENTRY_POINT)
+    if _ENTRY_POINT:
+        report.err.file = logs.terminal()  # progress and status on the real stderr
 
 
 @cli.command()
@@ -562,9 +571,14 @@ def _on_sigterm(_signum, _frame) -> None:
     raise Terminated()
 
 
+_ENTRY_POINT = False  # main() ran: this process is the command's own (not a test's runner)
+
+
 def main() -> None:
     import signal
 
+    global _ENTRY_POINT
+    _ENTRY_POINT = True
     signal.signal(signal.SIGTERM, _on_sigterm)
     cli(prog_name="tvmshuffle")
 

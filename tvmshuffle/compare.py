@@ -169,10 +169,11 @@ def run(config: CompareConfig, progress=None,
     model has imported: an embedded device starts in the meantime."""
     cells = []
     with tempfile.TemporaryDirectory(prefix="tvmshuffle-compare-") as tmp:
+        grid = len(config.sizes) * len(config.models)
         for size in config.sizes:
             for name in config.models:
                 if progress:
-                    progress(f"{name} at {size[0]}x{size[1]}")
+                    progress(f"{name} at {size[0]}x{size[1]} (cell {len(cells) + 1} of {grid})")
                 imported = frontends.load(frontends.ModelSpec(name, size))
                 if connect:
                     if progress:

@@ -11,6 +11,8 @@ import contextlib
 import json
 import os
 import sys
+import threading
+import time
 from typing import Callable, Iterator
 
 from rich.console import Console
@@ -28,12 +30,73 @@ def emit_json(data: object) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
+HEARTBEAT_SECONDS = 30.0
+
+
+class _Heartbeat:
+    """Where stderr is no terminal (a CI log, ``| tee``), no spinner or bars can show: while a
+    long stage runs, a plain line at least every HEARTBEAT_SECONDS says what it is doing (n of
+    N where known) and for how long. Nothing for stages shorter than that, so a quick command's
+    output (and its one-line error) is unchanged."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._what: list[str] = []  # a stack: the innermost stage speaks
+        self._since = time.monotonic()
+        self._thread = None
+
+    @contextlib.contextmanager
+    def doing(self, what: str) -> Iterator[Callable[[str], None]]:
+        with self._lock:
+            self._what.append(what)
+            depth = len(self._what)
+            if self._thread is None:
+                self._since = time.monotonic()
+                self._thread = threading.Thread(target=self._beat, name="tvmshuffle-heartbeat",
+                                                daemon=True)
+                self._thread.start()
+
+        def detail(text: str) -> None:
+            with self._lock:
+                if len(self._what) >= depth:
+                    self._what[depth - 1] = f"{what}: {text}" if text else what
+
+        try:
+            yield detail
+        finally:
+            with self._lock:
+                del self._what[depth - 1:]
+
+    def _beat(self) -> None:
+        last = time.monotonic()
+        while True:
+            time.sleep(min(HEARTBEAT_SECONDS, 1.0))
+            now = time.monotonic()
+            if now - last < HEARTBEAT_SECONDS:
+                continue
+            last = now
+            with self._lock:
+                what = self._what[-1] if self._what else None
+                elapsed = int(now - self._since)
+            if what:
+                err.print(f"[{elapsed // 60}:{elapsed % 60:02d}] {what}", highlight=False,
+                          markup=False, soft_wrap=True)
+
+
+heartbeat = _Heartbeat()
+
+
 @contextlib.contextmanager
 def step(message: str, quiet: bool = False) -> Iterator[Callable[[str], None]]:
-    """A spinner on stderr while one long stage runs (import, build, export); it yields a
-    function that shows what the stage is at."""
-    if quiet or not err.is_terminal:
+    """A spinner on stderr while one long stage runs (import, build, export), or in a
+    non-terminal the heartbeat's lines; it yields a function that shows what the stage is
+    at."""
+    if quiet:
         yield lambda _detail: None
+        return
+    if not err.is_terminal:
+        with heartbeat.doing(message) as detail:
+            yield detail
         return
     with err.status(message) as status:
         yield lambda detail: status.update(f"{message}: {detail}")
@@ -191,13 +254,23 @@ class TuneProgress:
         self.finished = 0
         self.count = 0
         self.done = 0  # trials of the current task already added to the overall bar
+        self.budget = 0
+        self._beat = None  # the heartbeat's line, where no bars show (not a terminal)
+        self._stack = contextlib.ExitStack()
 
     def __enter__(self):
         self.bars.start()
+        if not self.quiet and not err.is_terminal:
+            self._beat = self._stack.enter_context(heartbeat.doing("tuning"))
         return self
 
     def __exit__(self, *exc):
         self.bars.stop()
+        self._stack.close()
+
+    def _say(self, text: str) -> None:
+        if self._beat is not None:
+            self._beat(text)
 
     def remeasuring(self, count: int, cpus: list[str]) -> None:
         if self.quiet:
@@ -209,11 +282,15 @@ class TuneProgress:
         self.count = len(tasks)
         self.overall = self.bars.add_task(f"all tasks (0/{self.count} done)",
                                           total=max(1, sum(budget.values())), best="")
+        self._say(f"{self.count} tasks, {sum(budget.values())} trials")
 
     def task_started(self, task, budget: int) -> None:
         self.current = self.bars.add_task(f"  {task.name} [{task.kind}]", total=max(1, budget),
                                           best="" if budget else "at budget: resumed")
         self.done = 0
+        self.budget = budget
+        self._say(f"task {self.finished + 1} of {self.count}, {task.name} [{task.kind}]: "
+                  f"0 of {budget} trials")
 
     def refining(self, task, count: int) -> None:
         self.bars.update(self.current, best=f"timing up to {count} tile neighbours")
@@ -223,6 +300,8 @@ class TuneProgress:
         self.bars.update(self.current, completed=done, best=best)
         self.bars.advance(self.overall, done - self.done)
         self.done = done
+        self._say(f"task {self.finished + 1} of {self.count}, {task.name} [{task.kind}]: "
+                  f"{done} of {self.budget} trials, {best}")
 
     def task_finished(self, result) -> None:
         self.finished += 1
