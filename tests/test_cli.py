@@ -72,8 +72,10 @@ def test_run_refuses_a_tampered_library(tmp_path):
 
 @pytest.mark.slow
 def test_run_refuses_an_edited_manifest_and_a_corrupt_reference(tmp_path):
-    """A manifest whose input shape was edited, and a reference.npz that is no archive, are
-    refused in one line, not run as if nothing were wrong."""
+    """A manifest whose input shape was edited, a cut library whose sha256 was updated, and a
+    reference.npz that is no archive, are refused in one line, not run as if nothing were
+    wrong."""
+    import hashlib
     import shutil
 
     out = tmp_path / "out"
@@ -85,6 +87,15 @@ def test_run_refuses_an_edited_manifest_and_a_corrupt_reference(tmp_path):
     manifest["input"]["shape"] = [1, 3, 128, 128]
     (edited / "manifest.json").write_text(json.dumps(manifest))
     assert_one_line_error(invoke("run", str(edited)), "the manifest was edited")
+    # a cut library whose sha256 was updated to match: refused, not loaded (SIGBUS)
+    cut = tmp_path / "cut"
+    shutil.copytree(out, cut)
+    library = cut / manifest["library"]["file"]
+    library.write_bytes(library.read_bytes()[: library.stat().st_size // 2])
+    manifest = json.loads((cut / "manifest.json").read_text())
+    manifest["library"]["sha256"] = hashlib.sha256(library.read_bytes()).hexdigest()
+    (cut / "manifest.json").write_text(json.dumps(manifest))
+    assert_one_line_error(invoke("run", str(cut)), "is damaged (cut:")
     (out / "reference.npz").write_bytes(b"not an archive")
     assert_one_line_error(invoke("run", str(out)), "damaged artifact")
 

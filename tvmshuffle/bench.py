@@ -6,6 +6,7 @@ Measures and returns data; never prints (report.py formats).
 from __future__ import annotations
 
 import json
+import struct
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -84,6 +85,10 @@ def load_artifact(out_dir: Path) -> Artifact:
     if not library.is_file() or sha256(library) != manifest["library"]["sha256"]:
         raise BadInputError(f"{library} is missing or does not match the sha256 in "
                             f"{manifest_path}: recompile")
+    damage = damaged_library(library)
+    if damage is not None:
+        raise BadInputError(f"{library} is damaged ({damage}) though its sha256 matches "
+                            f"{manifest_path}: recompile")
     declared = manifest.get("input", {})
     if (list(declared.get("shape", [])) != list(x.shape)
             or str(declared.get("dtype")) != str(x.dtype)):
@@ -91,6 +96,32 @@ def load_artifact(out_dir: Path) -> Artifact:
                             f"{declared.get('dtype')}, but the library was built for "
                             f"{list(x.shape)} {x.dtype}: the manifest was edited; recompile")
     return Artifact(out_dir, manifest, x, expected)
+
+
+def damaged_library(path: Path) -> str | None:
+    """Why ``path`` cannot be a whole 64-bit shared library, or None. Checks the ELF header and
+    that the program and section header tables and every loaded segment lie within the file:
+    loading a cut library maps pages past its end, and the process dies of SIGBUS with no
+    word (seen: a truncated .so whose manifest sha256 was updated)."""
+    data = path.read_bytes()
+    if len(data) < 64 or data[:4] != b"\x7fELF":
+        return "not an ELF file"
+    if data[4] != 2 or data[5] != 1:
+        return "not a 64-bit little-endian ELF file"
+    (e_type, _machine, _version, _entry, phoff, shoff, _flags, _ehsize, phentsize, phnum,
+     shentsize, shnum, _shstrndx) = struct.unpack_from("<HHIQQQIHHHHHH", data, 16)
+    if e_type != 3:  # ET_DYN
+        return "not a shared library"
+    if phoff + phnum * phentsize > len(data) or phentsize < 56:
+        return "its program headers run past the end of the file"
+    if shoff and shoff + shnum * shentsize > len(data):
+        return f"cut: its section headers end past its {len(data)} bytes"
+    for i in range(phnum):
+        p_type, _, offset, _, _, filesz, _, _ = struct.unpack_from("<IIQQQQQQ", data,
+                                                                     phoff + i * phentsize)
+        if p_type == 1 and offset + filesz > len(data):  # PT_LOAD
+            return f"cut: a loaded segment ends at byte {offset + filesz} of {len(data)}"
+    return None
 
 
 def set_threads(threads: int) -> None:
