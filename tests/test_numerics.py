@@ -15,8 +15,11 @@ CASES = [("shufflenet_v1_g3_0.5x", (224, 224)), ("shufflenet_v1_g8_0.5x", (224, 
 
 @pytest.mark.parametrize("name,size", CASES)
 def test_torch_export_path_matches_pytorch(name, size, tmp_path):
-    """The .so built from torch.export matches PyTorch within 1e-4 (max abs, fp32)."""
-    manifest, result = compile_and_run(frontends.ModelSpec(name, size), tmp_path / "out")
+    """The .so built from torch.export, with the default schedules a user gets, matches
+    PyTorch within 1e-4 (max abs, fp32)."""
+    manifest, result = compile_and_run(frontends.ModelSpec(name, size), tmp_path / "out",
+                                       default_schedules=True)
+    assert "default" in manifest["tuning"]["schedules"].values()
     assert manifest["reference"]["engine"] == "torch"
     assert result.max_abs_err < 1e-4
 

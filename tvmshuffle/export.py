@@ -100,7 +100,8 @@ def compile_module(mod: tvm.IRModule, config: CompileConfig) -> Compiled:
     for task in tasks:
         if applied[task.task_name] is not None:
             sources[task.task_name] = RECORD
-        elif config.default_schedules and schedule_cache.commit(database, task.dispatched[0], target):
+        elif config.default_schedules and schedule_cache.commit(database, task.dispatched[0],
+                                                                target):
             sources[task.task_name] = DEFAULT
         else:
             sources[task.task_name] = TVM_LOOPS
