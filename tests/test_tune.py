@@ -273,6 +273,40 @@ def test_a_signal_before_measuring_ends_at_once(tmp_path, sig, delay, code, word
                 and child.status() != psutil.STATUS_ZOMBIE], "processes left running"
 
 
+def test_the_only_device_dying_mid_tuning_ends_it_with_exit_6(tracker, tmp_path):
+    """One device under a key, killed mid-run: the tune ends with exit 6 and one line saying
+    no device is left, in bounded time (it used to wait for the tracker forever), keeping
+    every record written before."""
+    key_config = remote.TrackerConfig(tracker.host, tracker.port, "solo")
+    server = spawn_server(tracker, "solo")
+    try:
+        wait_registered(key_config, server, 120)
+        db = tmp_path / "db"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tvmshuffle.cli", "tune", *MODEL, "--ops", "grouped",
+             "--trials", "64", "--timeout", "20", "--db", str(db), "--rpc-tracker",
+             tracker.address, "--rpc-key", "solo"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        record_file = db / records.RECORD_FILE
+        deadline = time.monotonic() + 600
+        while not record_file.exists() or len(record_file.read_bytes().splitlines()) < 2:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no record written in time"
+            time.sleep(0.5)
+        os.killpg(server.pid, signal.SIGKILL)
+        at_kill = len(record_file.read_bytes().splitlines())
+        _, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 6, stderr.decode()[-2000:]
+        lines = stderr.decode().strip().splitlines()
+        assert lines[-1].startswith("Error: ") and "no device registered under key 'solo'" \
+            in lines[-1], lines
+        records.check_database(db)
+        assert len(record_file.read_bytes().splitlines()) >= at_kill
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
 def test_a_device_dying_mid_tuning_does_not_stop_it(tracker, tmp_path):
     """Two devices under a key, one killed mid-run: tuning finishes on the other, every record
     written before and after is kept."""

@@ -94,6 +94,31 @@ def _builder(config: TuneConfig):
                                    functools.partial(export_candidate, linker))
 
 
+def bounded_session(rpc_config):
+    """MetaSchedule's session request (``RPCConfig.connect_server``) with its waits bounded; it
+    runs in the runner's worker process. MetaSchedule's waits forever for the tracker to hand
+    out a device under the key, so a tune whose only device died blocked with no output (seen:
+    11 minutes, killed): here a key with no device registered fails the candidate at once, and
+    the wait for a free one, like every exchange with the tracker, ends after the session
+    timeout (``--timeout``)."""
+    import socket
+
+    from tvm import rpc
+
+    # the tracker's sockets are made by Python in this worker; the session's, by C++, are not
+    socket.setdefaulttimeout(rpc_config.session_timeout_sec)
+    tracker = rpc.connect_tracker(rpc_config.tracker_host, rpc_config.tracker_port)
+    try:
+        servers = [str(s.get("key", "")) for s in tracker.summary().get("server_info", [])]
+        if f"server:{rpc_config.tracker_key}" not in servers:
+            raise RuntimeError(f"no device registered under key '{rpc_config.tracker_key}' "
+                               f"at {rpc_config.tracker_host}:{rpc_config.tracker_port}")
+        return tracker.request(rpc_config.tracker_key, priority=rpc_config.session_priority,
+                               session_timeout=rpc_config.session_timeout_sec, max_retry=1)
+    finally:
+        tracker.close()
+
+
 def _runner(config: TuneConfig, tracker: TrackerConfig, devices: int):
     from tvm.s_tir import meta_schedule as ms
 
@@ -107,7 +132,8 @@ def _runner(config: TuneConfig, tracker: TrackerConfig, devices: int):
     else:
         evaluator = ms.runner.EvaluatorConfig(number=3, repeat=3, min_repeat_ms=20,
                                               enable_cpu_cache_flush=False)
-    return ms.runner.RPCRunner(rpc_config, evaluator, max_workers=devices)
+    return ms.runner.RPCRunner(rpc_config, evaluator, max_workers=devices,
+                               f_create_session=bounded_session)
 
 
 def _build_and_run(builder, runner, kernels: list, stop: threading.Event | None = None

@@ -12,9 +12,10 @@ from typing import Callable
 import tvm
 
 from .. import interrupts
+from ..errors import DeviceError
 from ..records import best_ms, mean_ms, settle_method, write_method
+from ..remote import TrackerConfig, free_devices
 from ..taskdb import TaskDatabase
-from ..remote import TrackerConfig
 from .budget import plan
 from .builders import _builder, _runner, import_tensor_intrinsics
 from .measure import keep_untuned_if_faster, measure_untuned, remeasure, seed_defaults
@@ -67,7 +68,11 @@ class _Stop(Exception):
 
 def _progress_callback(task: Task, progress: Progress, start_best: float | None,
                        stop: threading.Event, patience: int | None, budget: int,
-                       saved: Callable[[], None] = lambda: None):
+                       saved: Callable[[], None] = lambda: None,
+                       devices_left: Callable[[], None] = lambda: None):
+    """The measure callback that reports each batch, saves it, and ends the task's search
+    (raising _Stop) on Ctrl-C, on ``patience`` trials without a gain, or when a batch failed
+    to run throughout and ``devices_left`` raises (no device left under the key: ``lost``)."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
 
@@ -78,6 +83,7 @@ def _progress_callback(task: Task, progress: Progress, start_best: float | None,
             self.best = start_best
             self.stale = 0  # trials since the best last improved by GAIN or more
             self.converged = False
+            self.lost = None  # the DeviceError that ended the search
 
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
                   runner_results):
@@ -93,6 +99,12 @@ def _progress_callback(task: Task, progress: Progress, start_best: float | None,
             progress.trials(task, self.done, self.best)
             if stop.is_set():  # the database callback before this one has saved the batch
                 raise _Stop()
+            if runner_results and all(r.error_msg for r in runner_results):
+                try:
+                    devices_left()
+                except DeviceError as err:
+                    self.lost = err
+                    raise _Stop() from None
             # converged means stopped early: a stale last batch of the budget ends it anyway
             if patience and self.stale >= patience and self.done < budget:
                 self.converged = True
@@ -222,7 +234,8 @@ def _tune_tasks(tasks: list[Task], config: TuneConfig, view: TaskDatabase, build
         progress.task_started(task, todo)
         if todo > 0:
             report = _progress_callback(task, progress, best_ms(_records(database, task, target)),
-                                        stop, config.patience, todo, view.sync)
+                                        stop, config.patience, todo, view.sync,
+                                        lambda: free_devices(tracker, timeout=10.0))
             callbacks = [*ms.measure_callback.MeasureCallback.create("default"), report]
             try:
                 ms.tune_tasks(tasks=[_context(task, config, todo)],
@@ -234,6 +247,10 @@ def _tune_tasks(tasks: list[Task], config: TuneConfig, view: TaskDatabase, build
             except Exception:
                 if stop.is_set():  # our _Stop, come back through MetaSchedule's C++ loop
                     raise KeyboardInterrupt from None
+                if report.lost is not None:
+                    raise DeviceError(f"tuning {task.name} stopped: {report.lost} (every "
+                                      "record measured so far is kept; re-run to resume)"
+                                      ) from None
                 if not report.converged:
                     raise
                 log.info("%s: no 1%% gain in %d trials, stopped early", task.name,
