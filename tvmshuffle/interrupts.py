@@ -54,18 +54,7 @@ def run_command(work: Callable[[], Any]) -> Any:
     KeyboardInterrupt, or a subclass a handler raised, landing here), STOP is set and that
     exception raised: at once outside shielded regions, else once the worker has ended (or at
     a second signal). The caller ends the process: an abandoned worker is still running."""
-    outcome: dict = {}
-    done = threading.Event()
-
-    def run():
-        try:
-            outcome["value"] = work()
-        except BaseException as err:  # handed to the main thread
-            outcome["error"] = err
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name="tvmshuffle-command", daemon=True).start()
+    done, outcome = in_thread(work, "tvmshuffle-command")
     try:
         while not done.wait(0.2):
             pass
@@ -81,6 +70,31 @@ def run_command(work: Callable[[], Any]) -> Any:
             with _lock:
                 _abandoned = True
         raise signal_err from None
+    return result(outcome)
+
+
+def in_thread(work: Callable[[], Any], name: str) -> tuple[threading.Event, dict]:
+    """Start ``work()`` in a daemon thread: (an Event set when it has ended, the dict that then
+    holds its "value" or its "error"). Wait on the Event, not with ``Thread.join``: Python 3.11's
+    join, interrupted by Ctrl-C, can mark the still running thread as stopped (bpo-45274's fix
+    releases the lock that thread holds)."""
+    outcome: dict = {}
+    done = threading.Event()
+
+    def run():
+        try:
+            outcome["value"] = work()
+        except BaseException as err:  # handed to the waiting thread
+            outcome["error"] = err
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return done, outcome
+
+
+def result(outcome: dict) -> Any:
+    """The value ``in_thread``'s work returned, or its exception raised here."""
     error = outcome.get("error")
     if error is not None:
         raise error

@@ -158,22 +158,10 @@ def _interruptible(work: Callable[[threading.Event], list[TaskResult]]) -> list[
         with interrupts.shielded():
             return work(interrupts.STOP)
     stop = threading.Event()
-    outcome: dict = {}
-    # An Event, not Thread.join: Python 3.11's join, interrupted by Ctrl-C, can mark the still
-    # running thread as stopped (bpo-45274's fix releases the lock that thread holds); the
-    # cleanup then stopped the tracker under a tune still measuring, which retried it for a
-    # minute per batch (seen: no exit 300 s after SIGINT).
-    done = threading.Event()
-
-    def run():
-        try:
-            outcome["value"] = work(stop)
-        except BaseException as err:  # handed to the main thread
-            outcome["error"] = err
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name="tvmshuffle-tune", daemon=True).start()
+    # the wait on an Event (``interrupts.in_thread``): with Thread.join the cleanup stopped the
+    # tracker under a tune still measuring, which retried it for a minute per candidate
+    # (seen: no exit 300 s after SIGINT)
+    done, outcome = interrupts.in_thread(lambda: work(stop), "tvmshuffle-tune")
     try:
         while not done.wait(0.2):
             pass
@@ -182,10 +170,7 @@ def _interruptible(work: Callable[[threading.Event], list[TaskResult]]) -> list[
         while not done.wait(0.2):  # the batch being measured ends, nothing more is started
             pass
         raise
-    error = outcome.get("error")
-    if error is not None:
-        raise error
-    return outcome["value"]
+    return interrupts.result(outcome)
 
 
 def _tune_tasks(tasks: list[Task], config: TuneConfig, view: TaskDatabase, builder,
