@@ -155,7 +155,7 @@ def _build_and_run(builder, runner, kernels: list, stop: threading.Event | None 
             return
         for i, result in enumerate(built):
             if result.error_msg:
-                yield i, "build", result.error_msg, None
+                yield i, "build", _summary(result.error_msg), None
         ran = [i for i, result in enumerate(built) if not result.error_msg]
         futures = runner.run([ms.runner.RunnerInput(built[i].artifact_path, "cpu", kernels[i][2])
                               for i in ran])
@@ -164,13 +164,22 @@ def _build_and_run(builder, runner, kernels: list, stop: threading.Event | None 
             if stopped():
                 return
             if result.error_msg or not result.run_secs:
-                yield i, "run", result.error_msg or "no timing", None
+                yield i, "run", _summary(result.error_msg or "no timing"), None
             else:
                 yield i, "run", None, [float(s) for s in result.run_secs]
     finally:
         for result in built:
             if result.artifact_path:
                 ms.utils.remove_build_dir(result.artifact_path)
+
+
+def _summary(error: str) -> str:
+    """A build's or run's error as one line for a warning (its last line: the exception; a
+    worker's traceback is most of MetaSchedule's message); the whole of it to the log file."""
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
+    if len(lines) > 1:
+        log.info("in full: %s", error)
+    return lines[-1] if lines else error
 
 
 # Files of stack frames that no module is loaded from: importlib's frozen modules, the code
