@@ -75,13 +75,16 @@ def _conv_layer(call: relax.Call) -> Layer | None:
     groups = int(call.attrs.groups)
     window = prod(w for w, axis in zip(weight, kernel_layout) if axis not in "OI")
     in_per_group = weight[kernel_layout.index("I")]
+    return Layer(call.op.name, _conv_kind(groups, in_per_group, out_channels, window), out,
+                 prod(out) * per_output)
+
+
+def _conv_kind(groups: int, in_per_group: int, out_channels: int, window: int) -> str:
     if groups == 1:
-        kind = "pointwise" if window == 1 else "conv"
-    elif in_per_group == 1 and groups == out_channels:
-        kind = "depthwise"
-    else:
-        kind = "grouped"
-    return Layer(call.op.name, kind, out, prod(out) * per_output)
+        return "pointwise" if window == 1 else "conv"
+    if in_per_group == 1 and groups == out_channels:
+        return "depthwise"
+    return "grouped"
 
 
 def _matmul_layer(call: relax.Call) -> Layer | None:
@@ -132,12 +135,7 @@ def count_module(model, input_shape: tuple[int, ...]) -> FlopReport:
     def conv_hook(module: nn.Conv2d, _inputs, output) -> None:
         window = prod(module.kernel_size)
         in_per_group = module.in_channels // module.groups
-        if module.groups == 1:
-            kind = "pointwise" if window == 1 else "conv"
-        elif in_per_group == 1 and module.groups == module.out_channels:
-            kind = "depthwise"
-        else:
-            kind = "grouped"
+        kind = _conv_kind(module.groups, in_per_group, module.out_channels, window)
         layers.append(Layer("relax.nn.conv2d", kind, tuple(output.shape),
                             output.numel() * in_per_group * window))
 

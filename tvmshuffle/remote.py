@@ -82,16 +82,22 @@ def summary(config: TrackerConfig, timeout: float = 5.0) -> dict:
         socket.setdefaulttimeout(previous)
 
 
-def free_devices(config: TrackerConfig, timeout: float = 5.0) -> int:
-    """Devices registered under the key, free or busy (a device in a session is still
-    connected to the tracker). DeviceError naming the keys the tracker does have when there is
-    none."""
-    info = summary(config, timeout)
+def registered_devices(info: dict) -> dict[str, int]:
+    """Devices registered per key in a tracker's summary (``TrackerSession.summary``)."""
     registered: dict[str, int] = {}
     for server in info.get("server_info", []):
         role, _, key = str(server.get("key", "")).partition(":")
         if role == "server":
             registered[key] = registered.get(key, 0) + 1
+    return registered
+
+
+def free_devices(config: TrackerConfig, timeout: float = 5.0) -> int:
+    """Devices registered under the key, free or busy (a device in a session is still
+    connected to the tracker). DeviceError naming the keys the tracker does have when there is
+    none."""
+    info = summary(config, timeout)
+    registered = registered_devices(info)
     queue = info.get("queue_info", {})
     count = max(registered.get(config.key, 0), int(queue.get(config.key, {}).get("free", 0)))
     if count == 0:

@@ -15,7 +15,7 @@ from typing import Iterator
 import tvm
 
 from .. import toolchain
-from ..remote import TrackerConfig
+from ..remote import TrackerConfig, registered_devices
 from .tasks import TuneConfig
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,7 @@ def bounded_session(rpc_config):
     socket.setdefaulttimeout(rpc_config.session_timeout_sec)
     tracker = rpc.connect_tracker(rpc_config.tracker_host, rpc_config.tracker_port)
     try:
-        servers = [str(s.get("key", "")) for s in tracker.summary().get("server_info", [])]
-        if f"server:{rpc_config.tracker_key}" not in servers:
+        if not registered_devices(tracker.summary()).get(rpc_config.tracker_key):
             raise RuntimeError(f"no device registered under key '{rpc_config.tracker_key}' "
                                f"at {rpc_config.tracker_host}:{rpc_config.tracker_port}")
         return tracker.request(rpc_config.tracker_key, priority=rpc_config.session_priority,
