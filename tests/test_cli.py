@@ -192,3 +192,7 @@ def test_other_libraries_output_goes_to_the_log_file(tmp_path):
                               str(damaged)], capture_output=True, text=True, env=env,
                              timeout=300)
     assert verbose.returncode == 2 and "Traceback" in verbose.stderr
+    # a bad option is parsed after stderr went to the log file: its message still shows
+    usage = subprocess.run([sys.executable, "-m", "tvmshuffle.cli", "flops", "alexnet",
+                            "--batch", "0"], capture_output=True, text=True, env=env, timeout=300)
+    assert usage.returncode == 2 and "Error: Invalid value for '--batch'" in usage.stderr

@@ -99,19 +99,45 @@ def test_too_small_input_is_refused():
 
 
 def test_dynamic_onnx_dimensions_are_reported_and_settable(caplog, tmp_path):
-    """An ONNX input with a dynamic batch, height and width is compiled as batch 1 at
-    --input-size (224x224 without it), and a warning says so: no silent assumption."""
+    """An ONNX input with a dynamic batch, height and width is compiled as batch 1 at 224x224,
+    and a warning names each dimension and the flag that sets it; --input-size and --batch set
+    them (and silence the warning for what they set); a fixed batch that differs is refused."""
     import logging
 
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, "h", "w"])])
+    def graph(dims):
+        return helper.make_graph(
+            [helper.make_node("Relu", ["x"], ["y"])], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)])
+
+    dynamic, path = graph(["n", 3, "h", "w"]), tmp_path / "m.onnx"
     with caplog.at_level(logging.WARNING):
-        name, shape, dtype = frontends._onnx_input_shape(graph, tmp_path / "m.onnx", None)
+        name, shape, dtype = frontends._onnx_input_shape(dynamic, path, None, None)
     assert (name, shape, dtype) == ("x", (1, 3, 224, 224), "float32")
-    assert "dynamic input batch and height and width compiled as 1x3x224x224" in caplog.text
-    _, shape, _ = frontends._onnx_input_shape(graph, tmp_path / "m.onnx", (96, 128))
+    assert ("dynamic batch (--batch) and height (--input-size) and width (--input-size) "
+            "compiled as 1x3x224x224") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _, shape, _ = frontends._onnx_input_shape(dynamic, path, (96, 128), None)
     assert shape == (1, 3, 96, 128)
+    assert "dynamic batch (--batch) compiled as 1x3x96x128" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _, shape, _ = frontends._onnx_input_shape(dynamic, path, (96, 128), 4)
+    assert shape == (4, 3, 96, 128) and "dynamic" not in caplog.text
+    with pytest.raises(BadInputError, match="fixed batch of 2, not 4"):
+        frontends._onnx_input_shape(graph([2, 3, 8, 8]), path, None, 4)
+    with pytest.raises(BadInputError, match="too large"):
+        frontends._onnx_input_shape(dynamic, path, (4096, 4096), 1024)
+
+
+def test_a_zoo_model_compiles_for_the_batch_asked(tmp_path):
+    """--batch N builds a library for N images whose outputs match PyTorch's on all N."""
+    from conftest import compile_and_run
+
+    manifest, result = compile_and_run(
+        frontends.ModelSpec("shufflenet_v1_g3_0.5x", (32, 32), batch=2), tmp_path / "out")
+    assert manifest["input"]["shape"] == [2, 3, 32, 32]
+    assert result.max_abs_err < 1e-4

@@ -30,6 +30,10 @@ class _Group(click.Group):
         except TvmShuffleError as err:
             click.echo(f"Error: {err}", file=logs.terminal())
             sys.exit(err.exit_code)
+        except click.ClickException as err:
+            # a bad option of the command (parsed here, after stderr went to the log file)
+            err.show(file=logs.terminal())
+            sys.exit(err.exit_code)
         except KeyboardInterrupt as err:
             # Records were saved by the shielded stages before this (``interrupts``); the
             # embedded servers end with this process (``watchdog``). Exit without interpreter
@@ -55,12 +59,26 @@ def _input_size(ctx, param, value):
     return None if value is None else parse_input_size(value)
 
 
+MAX_BATCH = 1024
+
+
 MODEL_HELP = ("MODEL is a zoo name (see `tvmshuffle models`), an .onnx file or a .pt2 file saved "
               "with torch.export.save.")
 input_size_option = click.option(
     "--input-size", callback=_input_size, metavar="HxW",
     help="Input height x width, e.g. 224x224, 480x640, 720x1280 (default: 224x224, or the "
          "file's own fixed size).")
+batch_option = click.option(
+    "--batch", type=click.IntRange(min=1, max=MAX_BATCH), default=None,
+    help="Batch size of the compiled input (default: 1, or the file's own fixed batch; an "
+         "ONNX model with a dynamic batch is compiled for this one).")
+
+
+def input_options(command):
+    """--input-size and --batch: the input shape a model is compiled for."""
+    return input_size_option(batch_option(command))
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON to stdout.")
 threads_option = click.option(
     "--threads", type=click.IntRange(min=1), default=None,
@@ -207,16 +225,17 @@ def models(pattern: str | None, as_json: bool) -> None:
 
 @cli.command(name="flops", epilog=MODEL_HELP)
 @click.argument("model")
-@input_size_option
+@input_options
 @click.option("--per-layer", is_flag=True, help="List every counted layer.")
 @json_option
-def flops_cmd(model: str, input_size, per_layer: bool, as_json: bool) -> None:
+def flops_cmd(model: str, input_size, batch, per_layer: bool, as_json: bool) -> None:
     """Count multiply-adds of convolutions and FC layers (the paper's "FLOPs") of MODEL, from
     its imported Relax module."""
     from . import flops, frontends, report
 
     with report.step(f"importing {model}", quiet=as_json):
-        imported = frontends.load(frontends.ModelSpec(model, input_size), decompose=False)
+        imported = frontends.load(frontends.ModelSpec(model, input_size, batch=batch),
+                                  decompose=False)
     counted = flops.count(imported.mod)
     if as_json:
         report.emit_json(report.flops_json(imported.name, imported.input_shape, counted,
@@ -231,7 +250,7 @@ def flops_cmd(model: str, input_size, per_layer: bool, as_json: bool) -> None:
 @device_option
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Artifact directory to write.")
-@input_size_option
+@input_options
 @click.option("--state-dict", type=click.Path(path_type=Path),
               help="Weights for a zoo model (a PyTorch state_dict file).")
 @click.option("--dump-ir", is_flag=True, help="Also write the final IRModule as OUT/final_ir.py.")
@@ -251,7 +270,7 @@ def flops_cmd(model: str, input_size, per_layer: bool, as_json: bool) -> None:
 @threads_option
 @android_api_option
 @json_option
-def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dump_ir,
+def compile_cmd(model, target_name, device, out_dir, input_size, batch, state_dict, dump_ir,
                 no_fuse_shuffle, layout, db, no_db, no_default_schedules, threads, android_api,
                 as_json) -> None:
     """Import MODEL, optimize it and build OUT/model.so with OUT/manifest.json.
@@ -268,7 +287,7 @@ def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dum
     config.linker()  # no linker for the target: say what to install before importing
     export.prepare_out_dir(out_dir)
     with report.step(f"importing {model}", quiet=as_json):
-        imported = frontends.load(frontends.ModelSpec(model, input_size, state_dict))
+        imported = frontends.load(frontends.ModelSpec(model, input_size, state_dict, batch))
     with report.step(f"building for {config.target.name} into {out_dir}", quiet=as_json):
         manifest = export.build_artifact(imported, config, out_dir, dump_ir)
     if as_json:
@@ -315,15 +334,15 @@ def compile_cmd(model, target_name, device, out_dir, input_size, state_dict, dum
               help="Time candidates with their weights and output flushed from the CPU caches, "
                    "as they are inside the network, or warm, as run in a loop (default: the "
                    "database's method; warm for a new database).")
-@input_size_option
+@input_options
 @click.option("--no-fuse-shuffle", is_flag=True, help="Tune without the channel shuffle pass.")
 @layout_option
 @threads_option
 @android_api_option
 @json_option
 def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_task, ops, db,
-         timeout, patience, refine, prepack, flush_caches, input_size, no_fuse_shuffle, layout,
-         threads, android_api, as_json) -> None:
+         timeout, patience, refine, prepack, flush_caches, input_size, batch, no_fuse_shuffle,
+         layout, threads, android_api, as_json) -> None:
     """Auto-tune MODEL's kernels with MetaSchedule (XGBoost cost model) on devices from a TVM RPC
     tracker, appending records to a database that `tvmshuffle compile --db` applies.
 
@@ -352,7 +371,7 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
         devices_up = _devices_starting(stack, rpc_tracker, rpc_key, config_target.num_cores,
                                        timeout, as_json)
         with report.step(f"importing {model}", quiet=as_json):
-            imported = frontends.load(frontends.ModelSpec(model, input_size))
+            imported = frontends.load(frontends.ModelSpec(model, input_size, batch=batch))
         start = _time.perf_counter()
         with report.step("finding the kernels to tune", quiet=as_json):
             tasks = tuning.tasks_of(imported.mod, config)
@@ -379,12 +398,12 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
 @click.option("--checks", default=5, show_default=True, type=click.IntRange(min=1),
               help="Whole-network timings (100 calls each) of the picks against the current "
                    "schedules; the picks are written only if faster in every one.")
-@input_size_option
+@input_options
 @click.option("--no-fuse-shuffle", is_flag=True, help="As the records were tuned.")
 @layout_option
 @threads_option
 @json_option
-def pick(model, db, candidates, within, runs, checks, input_size, no_fuse_shuffle, layout,
+def pick(model, db, candidates, within, runs, checks, input_size, batch, no_fuse_shuffle, layout,
          threads, as_json) -> None:
     """Choose each tuned kernel's schedule by its time inside the network, on this machine.
 
@@ -407,7 +426,7 @@ def pick(model, db, candidates, within, runs, checks, input_size, no_fuse_shuffl
     config = picking.PickConfig(resolved, db, not no_fuse_shuffle, layout.upper(), candidates,
                                 within, runs, checks)
     with report.step(f"importing {model}", quiet=as_json):
-        imported = frontends.load(frontends.ModelSpec(model, input_size))
+        imported = frontends.load(frontends.ModelSpec(model, input_size, batch=batch))
     with report.step("picking in the network", quiet=as_json) as at:
         result = picking.pick(imported, config, at)
     data = report.pick_json(result, config)

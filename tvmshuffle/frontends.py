@@ -32,6 +32,7 @@ class ModelSpec:
     model: str
     input_size: tuple[int, int] | None = None  # (height, width); None keeps the model's own
     state_dict: Path | None = None
+    batch: int | None = None  # None keeps the file's own batch (1 for the zoo and dynamic ones)
 
 
 @dataclass(frozen=True)
@@ -74,13 +75,20 @@ def load(spec: ModelSpec, decompose: bool = True) -> ImportedModel:
     path = Path(spec.model)
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        return _load_onnx(path, spec.input_size)
+        return _load_onnx(path, spec.input_size, spec.batch)
     if suffix == ".pt2":
-        return _load_pt2(path, spec.input_size)
+        return _load_pt2(path, spec.input_size, spec.batch)
     if suffix in (".pt", ".pth", ".pb", ".tflite", ".h5"):
         raise BadInputError(f"unsupported model file '{spec.model}': give a zoo name, a .onnx "
                             "file or a .pt2 file saved with torch.export.save")
     return _load_zoo(spec, decompose)
+
+
+def _check_pixels(shape: tuple[int, ...]) -> None:
+    """The input tensor as a whole (batch included) within the limit of one input."""
+    if len(shape) == 4 and shape[0] * shape[2] * shape[3] > MAX_PIXELS:
+        raise BadInputError(f"input {'x'.join(map(str, shape))} is too large: batch x height x "
+                            f"width at most {MAX_PIXELS} pixels")
 
 
 def check_size(name: str, size: tuple[int, int], minimum: int) -> None:
@@ -121,7 +129,8 @@ def _load_zoo(spec: ModelSpec, decompose: bool) -> ImportedModel:
     size = spec.input_size or DEFAULT_INPUT_SIZE
     check_size(entry.name, size, entry.min_input)
     model = models.build(entry.name, spec.state_dict)
-    shape = (1, 3, *size)
+    shape = (spec.batch or 1, 3, *size)
+    _check_pixels(shape)
     example = torch.from_numpy(fixed_input(shape))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -131,7 +140,7 @@ def _load_zoo(spec: ModelSpec, decompose: bool) -> ImportedModel:
                          _torch_reference(model))
 
 
-def _load_pt2(path: Path, size: tuple[int, int] | None) -> ImportedModel:
+def _load_pt2(path: Path, size: tuple[int, int] | None, batch: int | None) -> ImportedModel:
     import torch
 
     if not path.is_file():
@@ -155,6 +164,9 @@ def _load_pt2(path: Path, size: tuple[int, int] | None) -> ImportedModel:
     if size is not None and len(shape) == 4 and tuple(shape[2:]) != size:
         raise BadInputError(f"{path} was exported for input {shape[2]}x{shape[3]}, not "
                             f"{size[0]}x{size[1]}: re-export it at that size")
+    if batch is not None and shape[0] != batch:
+        raise BadInputError(f"{path} was exported for batch {shape[0]}, not {batch}: re-export "
+                            "it with that batch")
     mod = _from_exported(program, str(path))
     dtype = str(value.dtype).replace("torch.", "")
     return ImportedModel(path.stem, "pt2", str(path.resolve()), mod, user_inputs[0], shape,
@@ -164,7 +176,7 @@ def _load_pt2(path: Path, size: tuple[int, int] | None) -> ImportedModel:
 _ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64"}
 
 
-def _onnx_input_shape(graph, path: Path, size: tuple[int, int] | None):
+def _onnx_input_shape(graph, path: Path, size: tuple[int, int] | None, batch: int | None):
     initializers = {init.name for init in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
     if len(inputs) != 1:
@@ -177,15 +189,20 @@ def _onnx_input_shape(graph, path: Path, size: tuple[int, int] | None):
         if size is not None and static and (dims[2], dims[3]) != size:
             raise BadInputError(f"{path} has a fixed input of {dims[2]}x{dims[3]}, not "
                                 f"{size[0]}x{size[1]}")
+        if batch is not None and dims[0] is not None and dims[0] != batch:
+            raise BadInputError(f"{path} has a fixed batch of {dims[0]}, not {batch}")
         wanted = size or DEFAULT_INPUT_SIZE
-        fixed = [dims[0] or 1, dims[1], dims[2] or wanted[0], dims[3] or wanted[1]]
-        dynamic = [name for name, d in zip(("batch", "height", "width"),
-                                           (dims[0], dims[2], dims[3])) if d is None]
-        if dynamic:
-            log.warning("%s: dynamic input %s compiled as %s (batch 1; height and width from "
-                        "--input-size, else %dx%d)", path.name, " and ".join(dynamic),
-                        "x".join(map(str, fixed)), *DEFAULT_INPUT_SIZE)
+        fixed = [dims[0] or batch or 1, dims[1], dims[2] or wanted[0], dims[3] or wanted[1]]
+        # a dynamic dimension the user did not set is said, with the flag that sets it
+        unset = [name for name, d, given in (("batch (--batch)", dims[0], batch),
+                                             ("height (--input-size)", dims[2], size),
+                                             ("width (--input-size)", dims[3], size))
+                 if d is None and given is None]
+        if unset:
+            log.warning("%s: dynamic %s compiled as %s", path.name, " and ".join(unset),
+                        "x".join(map(str, fixed)))
         dims = fixed
+        _check_pixels(tuple(dims))
     if any(d is None for d in dims):
         raise BadInputError(f"{path}: cannot resolve the input shape {dims}")
     dtype = _ONNX_DTYPES.get(tensor_type.elem_type)
@@ -194,7 +211,7 @@ def _onnx_input_shape(graph, path: Path, size: tuple[int, int] | None):
     return inputs[0].name, tuple(dims), dtype
 
 
-def _load_onnx(path: Path, size: tuple[int, int] | None) -> ImportedModel:
+def _load_onnx(path: Path, size: tuple[int, int] | None, batch: int | None) -> ImportedModel:
     import onnx
 
     if not path.is_file():
@@ -204,7 +221,7 @@ def _load_onnx(path: Path, size: tuple[int, int] | None) -> ImportedModel:
         onnx.checker.check_model(model)
     except Exception as err:  # DecodeError, ValidationError, OSError
         raise BadInputError(f"{path} is not a valid ONNX model: {first_line(err)}") from err
-    name, shape, dtype = _onnx_input_shape(model.graph, path, size)
+    name, shape, dtype = _onnx_input_shape(model.graph, path, size, batch)
     from tvm.relax.frontend.onnx import from_onnx
 
     try:
