@@ -231,3 +231,70 @@ def test_a_refused_connection_says_so_without_a_wait_it_did_not_make():
     config = remote.TrackerConfig("127.0.0.1", remote._free_port(), "any")
     with pytest.raises(DeviceError, match=r"unreachable \(Connection refused\)$"):
         remote.summary(config, timeout=10)
+
+
+class _Done:
+    def __init__(self, result):
+        self._result = result
+
+    def result(self):
+        return self._result
+
+
+class _FakeBuilder:
+    """Builds 'kernels' (strings) into scratch folders; 'bad-build' fails."""
+
+    def __init__(self, tmp_path):
+        self.tmp_path = tmp_path
+
+    def build(self, inputs):
+        from tvm.s_tir import meta_schedule as ms
+
+        out = []
+        for n, inp in enumerate(inputs):
+            if inp.mod.get_global_vars()[0].name_hint == "bad_build":
+                out.append(ms.builder.BuilderResult(None, "build failed: bad"))
+            else:
+                folder = self.tmp_path / f"build-{n}"
+                folder.mkdir()
+                out.append(ms.builder.BuilderResult(str(folder / "candidate.so"), None))
+        return out
+
+
+class _FakeRunner:
+    def __init__(self, outcomes):
+        self.outcomes = outcomes  # per run: seconds, or an error message
+
+    def run(self, inputs):
+        from tvm.s_tir import meta_schedule as ms
+
+        return [_Done(ms.runner.RunnerResult(None, o) if isinstance(o, str)
+                      else ms.runner.RunnerResult([o], None))
+                for o in self.outcomes[:len(inputs)]]
+
+
+def test_a_batch_whose_every_run_failed_is_the_devices_failure_not_the_kernels(tmp_path):
+    """Of one batch: a kernel that failed to build, or failed to run while another ran, failed
+    by itself (the caller records it, as MetaSchedule does); when every run failed the device
+    was lost, and those runs are not returned as the kernels' failures (they would be recorded
+    as 1e10 s and never timed again: a lost phone must not cost a kernel its default)."""
+    import tvm
+    from tvm import tirx
+    from tvmshuffle.tune.builders import _build_and_run
+
+    def kernel(name):
+        return (tvm.IRModule({name: tirx.PrimFunc([], tirx.Evaluate(0))}),
+                tvm.target.Target("llvm"), [])
+
+    kernels = [kernel("bad_build"), kernel("a"), kernel("b")]
+    (tmp_path / "1").mkdir()
+    mixed = _build_and_run(_FakeBuilder(tmp_path / "1"), _FakeRunner([1e-3, "crashed"]),
+                           kernels)
+    assert [(i, step, secs) for i, step, _, secs in mixed] == [
+        (0, "build", None), (1, "run", [1e-3]), (2, "run", None)]
+    (tmp_path / "2").mkdir()
+    lost = _build_and_run(_FakeBuilder(tmp_path / "2"),
+                          _FakeRunner(["RPCError: connection reset", "RPCError: refused"]),
+                          kernels)
+    assert [(i, step) for i, step, _, _ in lost] == [(0, "build")]
+    assert not list((tmp_path / "2").iterdir())  # build folders removed either way

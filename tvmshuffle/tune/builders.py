@@ -10,8 +10,6 @@ import os
 import sys
 import tempfile
 import threading
-from typing import Iterator
-
 import tvm
 
 from .. import toolchain
@@ -136,40 +134,51 @@ def _runner(config: TuneConfig, tracker: TrackerConfig, devices: int):
 
 
 def _build_and_run(builder, runner, kernels: list, stop: threading.Event | None = None
-                   ) -> Iterator[tuple[int, str, str | None, list[float] | None]]:
+                   ) -> list[tuple[int, str, str | None, list[float] | None]]:
     """Build ``kernels`` ((module, target, args info) each) in one batch and run those that
-    built on the device, yielding as results arrive: (index, step, error, run seconds), step
-    "build" or "run", error None when it ran. Build directories are removed at the end.
+    built on the device: (index, step, error, run seconds) for each, step "build" or "run",
+    error None when it ran. Build directories are removed at the end.
 
-    Once ``stop`` is set (Ctrl-C) nothing more is yielded: a build or run that failed because
-    the same Ctrl-C killed its worker must not be recorded as the kernel's failure."""
+    A kernel that failed to build, or failed to run while another kernel of the batch ran, failed
+    by itself. When every run of the batch failed, the device did (it was lost, or no session
+    could be had): those runs are left out, so that no caller records them as the kernels'
+    failures (MetaSchedule's 1e10 s, never timed again) and a later tune times them anew.
+    Once ``stop`` is set (Ctrl-C) the results end there: a build or run that failed because the
+    same Ctrl-C killed its worker is not the kernel's failure either."""
     from tvm.s_tir import meta_schedule as ms
 
     def stopped() -> bool:
         return stop is not None and stop.is_set()
 
+    results = []
     built = builder.build([ms.builder.BuilderInput(mod, target) for mod, target, _ in kernels])
     try:
         if stopped():
-            return
+            return []
         for i, result in enumerate(built):
             if result.error_msg:
-                yield i, "build", _summary(result.error_msg), None
+                results.append((i, "build", _summary(result.error_msg), None))
         ran = [i for i, result in enumerate(built) if not result.error_msg]
         futures = runner.run([ms.runner.RunnerInput(built[i].artifact_path, "cpu", kernels[i][2])
                               for i in ran])
+        runs = []
         for i, future in zip(ran, futures):
             result = future.result()
             if stopped():
-                return
+                break
             if result.error_msg or not result.run_secs:
-                yield i, "run", _summary(result.error_msg or "no timing"), None
+                runs.append((i, "run", _summary(result.error_msg or "no timing"), None))
             else:
-                yield i, "run", None, [float(s) for s in result.run_secs]
+                runs.append((i, "run", None, [float(s) for s in result.run_secs]))
     finally:
         for result in built:
             if result.artifact_path:
                 ms.utils.remove_build_dir(result.artifact_path)
+    if runs and all(error for _, _, error, _ in runs):
+        log.warning("all %d runs of a batch failed (%s): the device's failure, not the "
+                    "kernels'; not recorded", len(runs), runs[-1][2])
+        runs = []
+    return results + runs
 
 
 def _summary(error: str) -> str:

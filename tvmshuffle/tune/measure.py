@@ -72,9 +72,10 @@ def seed_defaults(tasks: list[Task], database, builder, runner,
     does not hold it yet, and record it with this target: each task's first measured
     candidate, so that its search starts from it (MetaSchedule's evolutionary search seeds its
     population with the database's fastest records) and ends at least as fast. Returns the
-    default's ms per task (None: no default, or it failed; a failure is recorded as
-    MetaSchedule records one, so it is not timed again; once ``stop`` is set nothing more is
-    recorded) and the tasks timed now."""
+    default's ms per task (None: no default, or it failed; a failure of the kernel is recorded
+    as MetaSchedule records one, so it is not timed again, while a batch the device failed
+    throughout records nothing (``_build_and_run``) and is timed by the next tune; once ``stop``
+    is set nothing more is recorded) and the tasks timed now."""
     from tvm.s_tir import meta_schedule as ms
 
     found: dict[str, float | None] = {task.name: None for task in tasks}
