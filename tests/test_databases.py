@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_one_line_error, invoke
-from tvmshuffle import records, target, taskdb, tune
+from tvmshuffle import places, records, target, taskdb, tune
 from tvmshuffle.errors import DatabaseError
 
 
@@ -22,48 +22,110 @@ def _make_db(path: Path) -> Path:
     return path
 
 
-def test_a_host_cpu_uses_its_own_database_first(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    _make_db(tmp_path / "schedules" / "host-znver4")
-    assert records.default_db_dir(_host("znver4"), "generic") == Path("schedules/host-znver4")
-    assert records.shipped_db_dir(_host("znver4"), "generic") == Path("schedules/host-znver4")
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    """A shipped root of this test's own (the package's databases out of play), the user's
+    folder in TVMSHUFFLE_HOME, and the working directory elsewhere."""
+    root = tmp_path / "shipped"
+    root.mkdir()
+    monkeypatch.setattr(places, "PACKAGE_SCHEDULES", root)
+    monkeypatch.setenv(places.HOME_ENV, str(tmp_path / "home"))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return root
 
 
-def test_a_host_cpu_without_a_database_uses_a_siblings(tmp_path, monkeypatch):
-    """Zen 4, Zen 5 and Intel's AVX-512 CPUs share a vector ISA: such a host with no database
-    of its own applies and resumes the Zen 5 one, here or shipped beside the package."""
-    monkeypatch.chdir(tmp_path)
-    sibling = _make_db(tmp_path / "schedules" / "host-znver5")
+def test_a_host_cpu_uses_its_own_shipped_database_first(shipped):
+    _make_db(shipped / "host-znver4")
+    _make_db(shipped / "host-znver5")
+    assert places.shipped_db(_host("znver4"), "generic") == shipped / "host-znver4"
+
+
+def test_a_host_cpu_without_a_database_uses_a_siblings(shipped):
+    """Zen 4, Zen 5 and Intel's AVX-512 CPUs share a vector ISA: such a host with no shipped
+    database of its own applies and starts from the Zen 5 one."""
+    _make_db(shipped / "host-znver5")
     for cpu in ("znver4", "skylake-avx512", "rocketlake"):
-        assert records.default_db_dir(_host(cpu), "generic") == Path("schedules/host-znver5")
-        assert records.shipped_db_dir(_host(cpu), "generic") == Path("schedules/host-znver5")
-    (sibling / records.RECORD_FILE).unlink()
-    shipped = Path(records.__file__).resolve().parent.parent / "schedules" / "host-znver5"
-    if (shipped / records.RECORD_FILE).exists():  # a source checkout
-        assert records.shipped_db_dir(_host("znver4"), "generic") == shipped
+        assert places.shipped_db(_host(cpu), "generic") == shipped / "host-znver5"
 
 
-def test_a_host_cpu_without_siblings_gets_a_new_database(tmp_path, monkeypatch):
+def test_a_host_cpu_without_siblings_gets_none(shipped):
     """A CPU of a vector ISA no database has (AVX2 only, when only AVX-512 records exist), or
-    one LLVM does not know, tunes its own; the checkout's shipped databases are out of play."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(records, "SOURCE_ROOT", tmp_path / "no-checkout")
-    _make_db(tmp_path / "schedules" / "host-znver5")
-    _make_db(tmp_path / "schedules" / "host-not-a-cpu")
+    one LLVM does not know, has no shipped database; a folder without records is none."""
+    _make_db(shipped / "host-znver5")
+    (shipped / "host-haswell").mkdir()
     for cpu in ("haswell", "x86-64", "not-a-cpu"):
-        assert records.default_db_dir(_host(cpu), "generic") == Path(f"schedules/host-{cpu}")
-    assert records.shipped_db_dir(_host("haswell"), "generic") is None
+        assert places.shipped_db(_host(cpu), "generic") is None
+        assert places.compile_dbs(_host(cpu), "generic") == (None, ())
 
 
-def test_an_avx2_host_uses_the_avx2_database(tmp_path, monkeypatch):
+def test_an_avx2_host_uses_the_avx2_database(shipped):
     """An AVX2 CPU with no database of its own (Haswell) applies the one tuned on Zen 3
     (znver3: AVX2 as its widest vector ISA), not the AVX-512 one."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(records, "SOURCE_ROOT", tmp_path / "no-checkout")
-    _make_db(tmp_path / "schedules" / "host-znver5")
-    _make_db(tmp_path / "schedules" / "host-znver3")
+    _make_db(shipped / "host-znver5")
+    _make_db(shipped / "host-znver3")
     for cpu in ("haswell", "znver2", "alderlake"):
-        assert records.default_db_dir(_host(cpu), "generic") == Path("schedules/host-znver3")
+        assert places.shipped_db(_host(cpu), "generic") == shipped / "host-znver3"
+
+
+def test_the_users_database_comes_first_and_tune_writes_only_there(shipped, tmp_path):
+    """tune appends to $TVMSHUFFLE_HOME/schedules/<target>/, starting from the shipped
+    database; compile reads the user's first, the shipped one after; nothing is written
+    under the working directory."""
+    _make_db(shipped / "host-znver3")
+    user = tmp_path / "home" / "schedules" / "host-znver3"
+    assert places.tune_dbs(_host("znver3"), "generic") == (user, (shipped / "host-znver3",))
+    assert places.compile_dbs(_host("znver3"), "generic") == (shipped / "host-znver3", ())
+    _make_db(user)
+    assert places.compile_dbs(_host("znver3"), "generic") == (user, (shipped / "host-znver3",))
+    assert places.tune_dbs(_host("haswell"), "generic")[0] == user.parent / "host-haswell"
+    assert not list(Path.cwd().iterdir())
+
+
+def test_a_database_an_earlier_version_left_in_the_working_directory_is_named(shipped,
+                                                                              caplog):
+    import logging
+
+    _make_db(Path("schedules") / "host-znver3")
+    with caplog.at_level(logging.WARNING):
+        assert places.compile_dbs(_host("znver3"), "generic") == (None, ())
+    assert "schedules/host-znver3 holds tuning records of an earlier tvmshuffle" in caplog.text
+    assert "pass --db schedules/host-znver3" in caplog.text
+
+
+def test_a_tune_starts_from_the_shipped_records_of_its_kernels_only(tmp_path):
+    """Kernels the user's database has no workload of get the shipped database's records
+    copied in, once, under their own kernel; kernels it has keep their own; other kernels'
+    shipped records stay out."""
+    here = _host("znver4").tvm_target
+    doubled, tripled, halved = _kernel(2.0), _kernel(3.0), _kernel(0.5)
+    shipped = records.open_database(tmp_path / "shipped")
+    for mod, secs in ((doubled, 1e-6), (doubled, 2e-6), (tripled, 3e-6), (halved, 4e-6)):
+        _commit(shipped, mod, secs, here)
+    user = records.open_database(tmp_path / "user")
+    _commit(user, tripled, 9e-6, here)
+    del shipped, user
+
+    def secs_by_kernel(view) -> dict:
+        found = {}
+        for record in view.database.get_all_tuning_records():
+            for name, mod in (("doubled", doubled), ("tripled", tripled)):
+                if tvm_ffi.structural_equal(record.workload.mod, mod):
+                    found.setdefault(name, []).append(float(record.run_secs[0]))
+        return {name: sorted(secs) for name, secs in found.items()}
+
+    import tvm_ffi
+
+    view = taskdb.TaskDatabase(tmp_path / "user", [doubled, tripled], (tmp_path / "shipped",))
+    assert view.seeded == 2
+    assert secs_by_kernel(view) == {"doubled": [1e-6, 2e-6], "tripled": [9e-6]}
+    view.close()
+    again = taskdb.TaskDatabase(tmp_path / "user", [doubled, tripled], (tmp_path / "shipped",))
+    assert again.seeded == 0 and secs_by_kernel(again) == {"doubled": [1e-6, 2e-6],
+                                                           "tripled": [9e-6]}
+    again.close()
+    assert len((tmp_path / "user" / records.RECORD_FILE).read_text().splitlines()) == 3
 
 
 def _scheduled(mod, split: bool, factor: int = 4):

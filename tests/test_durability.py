@@ -273,11 +273,13 @@ class _FakeRunner:
                 for o in self.outcomes[:len(inputs)]]
 
 
-def test_a_batch_whose_every_run_failed_is_the_devices_failure_not_the_kernels(tmp_path):
-    """Of one batch: a kernel that failed to build, or failed to run while another ran, failed
-    by itself (the caller records it, as MetaSchedule does); when every run failed the device
-    was lost, and those runs are not returned as the kernels' failures (they would be recorded
-    as 1e10 s and never timed again: a lost phone must not cost a kernel its default)."""
+def test_a_batch_whose_every_run_failed_with_no_device_left_is_not_the_kernels_failure(
+        tmp_path):
+    """Of one batch: a kernel that failed to build, or failed to run while another ran, or
+    while a device is still there, failed by itself (the caller records it, as MetaSchedule
+    does); when every run failed and no device is left under the key, the device was lost,
+    and those runs are not returned as the kernels' failures (they would be recorded as 1e10 s
+    and never timed again: a lost phone must not cost a kernel its default)."""
     import tvm
     from tvm import tirx
     from tvmshuffle.tune.builders import _build_and_run
@@ -287,14 +289,17 @@ def test_a_batch_whose_every_run_failed_is_the_devices_failure_not_the_kernels(t
                 tvm.target.Target("llvm"), [])
 
     kernels = [kernel("bad_build"), kernel("a"), kernel("b")]
-    (tmp_path / "1").mkdir()
-    mixed = _build_and_run(_FakeBuilder(tmp_path / "1"), _FakeRunner([1e-3, "crashed"]),
-                           kernels)
-    assert [(i, step, secs) for i, step, _, secs in mixed] == [
+    failing = ["RPCError: connection reset", "RPCError: refused"]
+
+    def runs(outcomes, folder, device_left=None):
+        (tmp_path / folder).mkdir()
+        found = _build_and_run(_FakeBuilder(tmp_path / folder), _FakeRunner(outcomes), kernels,
+                               device_left=device_left)
+        assert not list((tmp_path / folder).iterdir())  # build folders removed either way
+        return [(i, step, secs) for i, step, _, secs in found]
+
+    assert runs([1e-3, "crashed"], "1", lambda: False) == [
         (0, "build", None), (1, "run", [1e-3]), (2, "run", None)]
-    (tmp_path / "2").mkdir()
-    lost = _build_and_run(_FakeBuilder(tmp_path / "2"),
-                          _FakeRunner(["RPCError: connection reset", "RPCError: refused"]),
-                          kernels)
-    assert [(i, step) for i, step, _, _ in lost] == [(0, "build")]
-    assert not list((tmp_path / "2").iterdir())  # build folders removed either way
+    assert runs(failing, "2", lambda: True) == [
+        (0, "build", None), (1, "run", None), (2, "run", None)]
+    assert runs(failing, "3", lambda: False) == [(0, "build", None)]

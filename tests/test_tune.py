@@ -36,13 +36,20 @@ def record_lines(db) -> list[bytes]:
     return (db / records.RECORD_FILE).read_bytes().splitlines()
 
 
-def test_embedded_tune_writes_records_resumes_and_compiles(tmp_path):
-    """With no tracker: records are appended, a re-run resumes, compile --db is correct; here
-    with prepacked weights and flushed caches, which the re-run and compile take from the
-    database."""
-    db = tmp_path / "db"
-    first = tune_json("--ops", "depthwise", "--trials", "4", "--db", str(db), "--prepack",
-                      "--flush-caches")
+def test_embedded_tune_writes_records_resumes_and_compiles(tmp_path, monkeypatch):
+    """With no tracker and no --db: records are appended to the user's database
+    ($TVMSHUFFLE_HOME), nothing under the working directory; a re-run resumes; compile applies
+    it. Here with prepacked weights and flushed caches, which the re-run and compile take from
+    the database (and the shipped database, made otherwise, is not applied beside it)."""
+    from tvmshuffle import places, target
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv(places.HOME_ENV, str(tmp_path / "home"))
+    db = places.user_db(target.resolve("host", "generic", None), "generic")
+    assert db.is_relative_to(tmp_path / "home")
+    first = tune_json("--ops", "depthwise", "--trials", "4", "--prepack", "--flush-caches")
     ran = [t for t in first["tasks"] if t["trials_run"]]
     assert ran and all(t["kind"] == "depthwise" for t in first["tasks"])
     assert first["method"] == {"prepack": True, "flush_caches": True}
@@ -52,17 +59,19 @@ def test_embedded_tune_writes_records_resumes_and_compiles(tmp_path):
     recorded = {t["name"]: t["trials_run"] + t["kept_untuned"] for t in ran}
     assert len(lines) == sum(recorded.values()) and sum(t["trials_run"] for t in ran) >= 4
 
-    again = tune_json("--ops", "depthwise", "--trials", "4", "--db", str(db))
+    again = tune_json("--ops", "depthwise", "--trials", "4")
     assert sum(t["trials_run"] for t in again["tasks"]) == 0, "everything was at budget"
     assert {t["name"]: t["trials_before"] for t in again["tasks"] if t["trials_before"]} == {
         name: n for name, n in recorded.items() if n}
     assert record_lines(db) == lines, "a resumed run rewrote nothing"
 
     out = tmp_path / "out"
-    result = invoke("compile", *MODEL, "--db", str(db), "-o", str(out), "--json")
+    result = invoke("compile", *MODEL, "-o", str(out), "--json")
     assert result.exit_code == 0, result.output
     tuning = json.loads(result.stdout)["tuning"]
+    assert tuning["db"] == str(db) and tuning["fallback_dbs"] == []
     assert tuning["method"] == first["method"]
+    assert not list(work.iterdir())
     # a kernel that reads weights repacked at build time is named <task>_prepacked
     assert {t["name"] for t in ran} <= {k.removesuffix("_prepacked")
                                         for k in tuning["tuned_kernels"]}

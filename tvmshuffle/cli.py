@@ -258,9 +258,10 @@ def flops_cmd(model: str, input_size, batch, per_layer: bool, as_json: bool) -> 
               help="Leave channel shuffles as their own kernels (for comparison).")
 @layout_option
 @click.option("--db", type=click.Path(path_type=Path),
-              help="Apply the best schedules of this tuning database (default: "
-                   "schedules/<target>/ when it exists, as `tvmshuffle tune` writes it; for a "
-                   "host CPU with none, that of a CPU with the same vector ISA).")
+              help="Apply the best schedules of this tuning database, and only it (default: "
+                   "your database for the target, where `tvmshuffle tune` writes, then for the "
+                   "kernels it has no record of the shipped one; for a host CPU with no "
+                   "shipped database of its own, that of a CPU with the same vector ISA).")
 @click.option("--no-db", is_flag=True,
               help="Build untuned, ignoring any database: every kernel with its default "
                    "schedule (derived from the target's vector registers and cores).")
@@ -277,13 +278,15 @@ def compile_cmd(model, target_name, device, out_dir, input_size, batch, state_di
 
     Channel shuffles are fused into the convolution that consumes them; the summary and
     manifest.json ("data_movement_kernels") list any kernel left that only moves data."""
-    from . import export, frontends, records, report, target
+    from . import export, frontends, places, report, target
 
     resolved = target.resolve(target_name, device, threads)
+    fallbacks = ()
     if db is None and not no_db:
-        db = records.shipped_db_dir(resolved, device)
+        db, fallbacks = places.compile_dbs(resolved, device)
     config = export.CompileConfig(resolved, not no_fuse_shuffle, layout.upper(),
-                                  None if no_db else db, not no_default_schedules, android_api)
+                                  None if no_db else db, not no_default_schedules, android_api,
+                                  () if no_db else fallbacks)
     config.linker()  # no linker for the target: say what to install before importing
     export.prepare_out_dir(out_dir)
     with report.step(f"importing {model}", quiet=as_json):
@@ -312,9 +315,11 @@ def compile_cmd(model, target_name, device, out_dir, input_size, batch, state_di
 @click.option("--ops", default="grouped,depthwise", show_default=True,
               help="Kinds of task to tune: grouped, depthwise, conv, dense, other, or all.")
 @click.option("--db", type=click.Path(path_type=Path),
-              help="Tuning database directory (default: schedules/<target>/; for a host CPU "
-                   "with none, that of a CPU with the same vector ISA, whose fastest schedules "
-                   "are re-timed here first). Appended to, never rewritten; re-running resumes.")
+              help="Tuning database directory (default: your database for the target in "
+                   "$TVMSHUFFLE_HOME/schedules or the user data folder, started from the "
+                   "shipped records of the model's kernels, those another CPU of the same vector "
+                   "ISA measured re-timed here first). Appended to, never rewritten; re-running "
+                   "resumes.")
 @click.option("--timeout", default=60, show_default=True, type=click.IntRange(min=1),
               help="Seconds allowed for one build and for one device session.")
 @click.option("--patience", default=64, show_default=True, type=click.IntRange(min=0),
@@ -350,7 +355,7 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
     of the same kind measured (another mcpu) are first re-timed here."""
     import time as _time
 
-    from . import frontends, records, report, target, toolchain
+    from . import frontends, places, records, report, target, toolchain
     from . import tune as tuning
 
     config_target = target.resolve(target_name, device, threads)
@@ -361,12 +366,14 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
     if unknown or not kinds:
         raise BadInputError(f"bad --ops '{ops}': choose from "
                             f"{', '.join(tuning.OPS_CHOICES)} or all")
-    db = db or records.default_db_dir(config_target, device)
+    seeds = ()
+    if db is None:
+        db, seeds = places.tune_dbs(config_target, device)
     config = tuning.TuneConfig(config_target, db, trials, trials_per_task, kinds, float(timeout),
                                not no_fuse_shuffle, layout.upper(), android_api=android_api,
                                patience=patience or None,
                                method=records.settle_method(db, prepack, flush_caches),
-                               refine=refine)
+                               refine=refine, seed_dbs=seeds)
     with contextlib.ExitStack() as stack:
         devices_up = _devices_starting(stack, rpc_tracker, rpc_key, config_target.num_cores,
                                        timeout, as_json)
@@ -386,8 +393,8 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
 @cli.command(epilog=MODEL_HELP)
 @click.argument("model")
 @click.option("--db", type=click.Path(path_type=Path),
-              help="Tuning database to pick in and append the picks to (default: the one "
-                   "compile applies, schedules/host-<cpu>/).")
+              help="Tuning database to pick in and append the picks to (default: yours for "
+                   "this CPU, where `tvmshuffle tune` writes).")
 @click.option("--candidates", default=4, show_default=True, type=click.IntRange(min=2),
               help="Schedules judged per kernel: the one compile applies now, then the other "
                    "fastest the database holds for this CPU.")
@@ -414,15 +421,13 @@ def pick(model, db, candidates, within, runs, checks, input_size, batch, no_fuse
     (tvmshuffle_picks.json), which compile then follows. Records keep their measured times.
     Run it again after tuning: a record faster than the one a pick was made against makes the
     pick stale."""
-    from . import frontends, records, report, target
+    from . import frontends, places, records, report, target
     from . import picks as picking
 
     resolved = target.resolve("host", "generic", threads)
-    db = db or records.shipped_db_dir(resolved, "generic")
-    if db is None:
-        raise BadInputError("no tuning database for this CPU: tune first or give --db")
+    db = db or places.user_db(resolved, "generic")
     if records.database_method(db) is None:  # before the import
-        raise DatabaseError(f"no tuning database in {db}")
+        raise DatabaseError(f"no tuning database in {db}: tune first or give --db")
     config = picking.PickConfig(resolved, db, not no_fuse_shuffle, layout.upper(), candidates,
                                 within, runs, checks)
     with report.step(f"importing {model}", quiet=as_json):
@@ -443,8 +448,8 @@ def pick(model, db, candidates, within, runs, checks, input_size, batch, no_fuse
 @click.option("--sizes", default="224x224,480x640,720x1280", show_default=True,
               help="Comma-separated input sizes HxW.")
 @click.option("--db", type=click.Path(path_type=Path),
-              help="Tuning database (default: schedules/<target>/ when it exists, or when "
-                   "--tune-trials writes it).")
+              help="Tuning database, and only it (default: as `compile` and `tune` choose: "
+                   "yours, then the shipped one).")
 @click.option("--tune-trials", type=click.IntRange(min=1),
               help="Tune every kernel of each model at each size first, this many trials per "
                    "model and size (resuming the database: records already there count).")
@@ -473,7 +478,7 @@ def compare(target_name, device, rpc_tracker, rpc_key, model_list, sizes, db, tu
     machine's CPU behind an embedded tracker. AlexNet takes every size: adaptive average pooling
     before its classifier (the identity at 224x224) keeps its FC layers' shapes."""
     from . import compare as comparing
-    from . import export, records, report, target, toolchain
+    from . import export, places, report, target, toolchain
 
     resolved = target.resolve(target_name, device, threads)
     toolchain.find(resolved, android_api)
@@ -486,9 +491,10 @@ def compare(target_name, device, rpc_tracker, rpc_key, model_list, sizes, db, tu
     unknown = [b for b in peers if b not in comparing.BASELINES]
     if unknown:
         raise BadInputError(f"unknown baseline(s) {', '.join(unknown)}: use torch, onnxruntime")
+    others = ()  # with no --db: the shipped database, tuning's start and compile's fallback
     if db is None:
-        db = (records.default_db_dir(resolved, device) if tune_trials
-              else records.shipped_db_dir(resolved, device))
+        db, others = (places.tune_dbs(resolved, device) if tune_trials
+                      else places.compile_dbs(resolved, device))
     export.prepare_out_dir(report_dir)
     with contextlib.ExitStack() as stack:
         # quiet: the wait shows in the progress line below (one live display at a time)
@@ -496,7 +502,7 @@ def compare(target_name, device, rpc_tracker, rpc_key, model_list, sizes, db, tu
                                        quiet=True)
         config = comparing.CompareConfig(resolved, None, names, size_list, peers, db,
                                          resolved.num_cores, repeat, tune_trials, 1,
-                                         android_api, emulated)
+                                         android_api, emulated, others)
         with report.step("tuning, compiling, deploying and timing every model and size"
                          if tune_trials else "compiling, deploying and timing every model and "
                          "size", quiet=as_json) as at:

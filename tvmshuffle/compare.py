@@ -62,6 +62,8 @@ class CompareConfig:
     devices: int = 1  # devices under the key, for tuning
     android_api: int = 24
     emulated: bool | None = None  # None: judged from the key
+    # the shipped database when db is the user's: tuning starts from it, compile falls back on it
+    other_dbs: tuple[Path, ...] = ()
 
 
 @dataclass
@@ -105,11 +107,13 @@ def measure_cell(imported: frontends.ImportedModel, name: str, size: tuple[int, 
             tune.tune(imported.mod, tune.TuneConfig(
                 config.target, config.db, config.tune_trials, ops=("all",),
                 timeout=float(config.tracker.session_timeout),
-                android_api=config.android_api, method=records.settle_method(config.db)),
+                android_api=config.android_api, method=records.settle_method(config.db),
+                seed_dbs=config.other_dbs),
                 config.tracker, config.devices)
         manifest = export.build_artifact(
             imported, export.CompileConfig(config.target, db=config.db,
-                                           android_api=config.android_api), out)
+                                           android_api=config.android_api,
+                                           fallback_dbs=config.other_dbs), out)
         artifact = bench.load_artifact(out)
         result = deploy.run_remote(artifact, config.tracker, deploy.DeployConfig(
             config.threads, config.repeat, emulated=config.emulated,
@@ -157,7 +161,8 @@ def environment(config: CompareConfig, where: str) -> dict:
         "emulated": deploy.is_emulated(config.tracker.key, config.emulated),
         "target": config.target.as_json()["str"], "target_name": config.target.name,
         "tvm_version": tvm.__version__, "threads": config.threads,
-        "db": str(config.db) if config.db else None, "tune_trials": config.tune_trials,
+        "db": str(config.db) if config.db else None,
+        "other_dbs": [str(db) for db in config.other_dbs], "tune_trials": config.tune_trials,
         "peers_on": "this machine (host)",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 

@@ -48,6 +48,9 @@ class CompileConfig:
     # TVM's unscheduled loops
     default_schedules: bool = True
     android_api: int = toolchain.DEFAULT_ANDROID_API  # for --target arm
+    # databases read after it, for kernels it has no record of (the shipped one after the
+    # user's); only those whose records were made with the same method
+    fallback_dbs: tuple[Path, ...] = ()
 
     def linker(self) -> toolchain.Toolchain:
         """The toolchain that links the library; BuildError saying what to install if none."""
@@ -65,6 +68,7 @@ class Compiled:
     measured_elsewhere: dict[str, int] = field(default_factory=dict)
     # each kernel that runs (not those the build makes views of): RECORD, DEFAULT or TVM_LOOPS
     schedules: dict[str, str] = field(default_factory=dict)
+    fallback_dbs: tuple[Path, ...] = ()  # of CompileConfig's, those applied
 
 
 def compile_module(mod: tvm.IRModule, config: CompileConfig) -> Compiled:
@@ -91,6 +95,12 @@ def compile_module(mod: tvm.IRModule, config: CompileConfig) -> Compiled:
         picks = sum(1 for task in tasks if in_picks.has_workload(task.dispatched[0]))
     database = records.memory_database(ranked, chosen) if ranked is not None \
         else records.empty_memory_database()
+    fallbacks = tuple(_fallbacks(config, method))
+    for fallback in fallbacks:
+        fallback_ranked = records.read_ranked(fallback, target)
+        fallback_chosen, _ = records.choose(fallback_ranked,
+                                            records.read_picks(fallback, target))
+        records.memory_database(fallback_ranked, fallback_chosen, into=database)
     applied = {task.task_name: database.query_tuning_record(task.dispatched[0], target, "main")
                for task in tasks}
     elsewhere = collections.Counter(_measured_on(record.target, target)
@@ -107,7 +117,22 @@ def compile_module(mod: tvm.IRModule, config: CompileConfig) -> Compiled:
             sources[task.task_name] = TVM_LOOPS
     return Compiled(*build(lambda: pipeline.lower_fused(fused, target, database, prepack),
                            target), method, picks, dict(sorted(elsewhere.items())),
-                    dict(sorted(sources.items())))
+                    dict(sorted(sources.items())), fallbacks)
+
+
+def _fallbacks(config: CompileConfig, method: records.Method | None) -> list[Path]:
+    """The fallback databases whose records apply beside the first's: made the same way
+    (records of prepacked weights are other workloads, and warm and flushed times do not
+    compare)."""
+    usable = []
+    for fallback in config.fallback_dbs:
+        other = records.database_method(fallback)
+        if method is not None and other is not None and other != method:
+            log.warning("%s holds records of another method (%s) than %s (%s): not applied",
+                        fallback, other.describe(), config.db, method.describe())
+            continue
+        usable.append(fallback)
+    return usable
 
 
 def _measured_on(measured: tvm.target.Target, target: tvm.target.Target) -> str:
@@ -183,6 +208,7 @@ def write_artifact(out_dir: Path, compiled: Compiled, model: frontends.ImportedM
         "fuse_shuffle": config.fuse_shuffle,
         "layout": config.layout,
         "tuning": {"db": str(config.db) if config.db else None,
+                   "fallback_dbs": [str(db) for db in compiled.fallback_dbs],
                    "method": compiled.method.as_json() if compiled.method else None,
                    "tuned_kernels": sorted(k for k, s in compiled.schedules.items()
                                            if s == RECORD),

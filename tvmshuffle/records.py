@@ -1,5 +1,5 @@
 """A tuning database as tvmshuffle keeps it: MetaSchedule's JSON database, how its records were
-made, where it lives, and the records ``compile`` applies.
+made, and the records ``compile`` applies (where databases live: ``places``).
 
 The database is MetaSchedule's JSON database: two files of one JSON record a line, appended to
 as records arrive, never rewritten. A third file, METHOD_FILE, says how its records were made
@@ -12,7 +12,6 @@ tunes (taskdb.TaskDatabase), compile only the one it applies per kernel, picked 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -25,14 +24,13 @@ from typing import Iterator
 
 import tvm
 
-from . import dbfiles
+from . import dbfiles, places
 from .errors import DatabaseError, first_line
-from .target import TargetConfig
 
 log = logging.getLogger(__name__)
 
 WORKLOAD_FILE = "database_workload.json"
-RECORD_FILE = "database_tuning_record.json"
+RECORD_FILE = places.RECORD_FILE
 METHOD_FILE = "tvmshuffle_method.json"
 # kernels' schedules chosen by their time in the network (`tvmshuffle pick`), one a line
 PICKS_FILE = "tvmshuffle_picks.json"
@@ -131,6 +129,16 @@ def workload_hashes(db_dir: Path, mods: list[tvm.IRModule]) -> list[str | None]:
                 else None for mod in mods]
 
 
+def kernel_hashes(mods: list[tvm.IRModule]) -> list[str]:
+    """The structural hash MetaSchedule gives each kernel (a task's module) as a workload."""
+    from tvm.s_tir import meta_schedule as ms
+
+    with tempfile.TemporaryDirectory(prefix="tvmshuffle-probe-") as tmp:
+        probe = ms.database.JSONDatabase(path_workload=str(Path(tmp, WORKLOAD_FILE)),
+                                         path_tuning_record=str(Path(tmp, RECORD_FILE)))
+        return [str(probe.commit_workload(mod).as_json()[0]) for mod in mods]
+
+
 def _hash_of(fields) -> str:
     """A workload line's structural hash (its first field)."""
     return str(fields[0]) if isinstance(fields, list) and fields else ""
@@ -192,83 +200,6 @@ def mean_ms(run_secs) -> float | None:
 def best_ms(records: list) -> float | None:
     times = [t for t in (mean_ms(r.run_secs) for r in records) if t is not None]
     return min(times) if times else None
-
-
-# The widest vector ISA a host CPU has, as LLVM names its features: CPUs with the same one share
-# vector width and instructions, so schedules tuned on one are a start on the other (each record
-# keeps the target it was measured with, and tune re-times them before counting them).
-VECTOR_ISAS = {"x86_64": ("avx512f", "avx2", "avx"), "aarch64": ("sve2", "sve", "neon")}
-
-
-@functools.cache
-def vector_isa(mtriple: str, mcpu: str) -> str | None:
-    """The widest of VECTOR_ISAS that LLVM's ``mcpu`` has; None when it has none of them or LLVM
-    does not know the name."""
-    from tvm.target import codegen
-
-    arch = mtriple.split("-")[0]
-    if arch not in VECTOR_ISAS:
-        return None
-    if not codegen.llvm_is_valid_cpu(mcpu, mtriple):
-        return None
-    features = set(codegen.llvm_get_cpu_features(
-        tvm.target.Target({"kind": "llvm", "mtriple": mtriple, "mcpu": mcpu})))
-    return next((isa for isa in VECTOR_ISAS[arch] if isa in features), None)
-
-
-def host_cpu_siblings(mtriple: str, mcpu: str) -> list[str]:
-    """CPUs with a host database folder (under the working directory or beside this package;
-    ``_located`` says which holds records) and the same vector ISA as ``mcpu``, by name
-    (``mcpu`` itself excluded)."""
-    isa = vector_isa(mtriple, mcpu)
-    if isa is None:
-        return []
-    names = {d.name.removeprefix("host-") for root in _roots(Path("schedules"))
-             for d in root.glob("host-*")}
-    return sorted(name for name in names - {mcpu} if vector_isa(mtriple, name) == isa)
-
-
-def default_db_dir(target: TargetConfig, device: str) -> Path:
-    """schedules/host-<mcpu>/ for the host (or, when only a CPU of the same vector ISA has one,
-    under the working directory or beside this package, that one), schedules/<target>-<device>/
-    for a device."""
-    spec = dict(target.spec)
-    if target.name == "host":
-        mcpu = spec.get("mcpu", "generic")
-        mtriple = spec.get("mtriple", "x86_64-unknown-linux-gnu")
-        for name in (mcpu, *host_cpu_siblings(mtriple, mcpu)):
-            if _located(Path("schedules") / f"host-{name}") is not None:
-                return Path("schedules") / f"host-{name}"
-        return Path("schedules") / f"host-{mcpu}"
-    if target.name in ("arm", "arm-linux"):
-        return Path("schedules") / f"{target.name}-{device}"
-    return Path("schedules") / "custom"
-
-
-def shipped_db_dir(target: TargetConfig, device: str) -> Path | None:
-    """The database ``compile`` and ``compare`` apply by default: ``schedules/<target>/`` under
-    the working directory (where ``tune`` writes), else the one shipped beside this package
-    (so a source checkout's databases apply wherever the command runs); None if neither holds
-    records."""
-    return _located(default_db_dir(target, device))
-
-
-def _located(db_dir: Path) -> Path | None:
-    """``db_dir`` under the working directory if it holds records, else the one shipped beside
-    this package if that does, else None."""
-    for candidate in _roots(db_dir):
-        if (candidate / RECORD_FILE).exists():
-            return candidate
-    return None
-
-
-# the source checkout this package runs from, whose schedules/ ship with it
-SOURCE_ROOT = Path(__file__).resolve().parent.parent
-
-
-def _roots(db_dir: Path) -> tuple[Path, Path]:
-    """``db_dir`` under the working directory, and beside this package (a source checkout)."""
-    return db_dir, SOURCE_ROOT / db_dir
 
 
 @dataclass
@@ -395,12 +326,14 @@ def choose(ranked: Ranked, picks: dict[str, Pick]) -> tuple[dict[int, list], set
     return chosen, picked
 
 
-def memory_database(ranked: Ranked, chosen: dict[int, list]):
+def memory_database(ranked: Ranked, chosen: dict[int, list], into=None):
     """A MetaSchedule database holding the ``chosen`` records only: only they are parsed by
-    TVM (parsing all of a shipped database's records took 45 s a compile)."""
+    TVM (parsing all of a shipped database's records took 45 s a compile). With ``into``, they
+    are added to that database, for the kernels it has no record of yet (a fallback
+    database: the user's records first, the shipped ones for the rest)."""
     from tvm.s_tir import meta_schedule as ms
 
-    database = ms.database.MemoryDatabase()
+    database = ms.database.MemoryDatabase() if into is None else into
     with tempfile.TemporaryDirectory(prefix="tvmshuffle-chosen-") as tmp:
         order = sorted(chosen)
         Path(tmp, WORKLOAD_FILE).write_bytes(b"".join(ranked.workloads[i] for i in order))
@@ -410,6 +343,8 @@ def memory_database(ranked: Ranked, chosen: dict[int, list]):
         parsed = ms.database.JSONDatabase(path_workload=str(Path(tmp, WORKLOAD_FILE)),
                                           path_tuning_record=str(Path(tmp, RECORD_FILE)))
         for record in parsed.get_all_tuning_records():
+            if into is not None and database.has_workload(record.workload.mod):
+                continue
             database.commit_tuning_record(ms.database.TuningRecord(
                 record.trace, database.commit_workload(record.workload.mod), record.run_secs,
                 record.target, record.args_info))

@@ -161,7 +161,7 @@ def compile_summary(manifest: dict, out_dir: str) -> None:
     if tuning["db"]:
         picked = tuning.get("picked_in_network")
         out.print(f"  tuned kernels: {len(tuning['tuned_kernels'])}/{running}"
-                  f" from {tuning['db']}"
+                  f" from {' then '.join([tuning['db'], *tuning.get('fallback_dbs', [])])}"
                   + (f" ({picked} with schedules picked in the network)" if picked else ""))
         elsewhere = tuning.get("measured_elsewhere") or {}
         if elsewhere:

@@ -15,7 +15,7 @@ import tvm
 
 from . import dbfiles
 from .records import (RECORD_FILE, WORKLOAD_FILE, _hash_of, _json_lines, _make_dir,
-                      _record_index, workload_hashes)
+                      _record_index, kernel_hashes, workload_hashes)
 
 
 class TaskDatabase:
@@ -30,9 +30,13 @@ class TaskDatabase:
     the index its workload has in the file as it is then (read under the lock, never from this
     process's memory: another tune may have appended workloads meanwhile), a workload new to
     the file appended first. A workload found twice in the file (written by two unlocked tunes
-    of an older version) is read as one, the first."""
+    of an older version) is read as one, the first.
 
-    def __init__(self, db_dir: Path, mods: list[tvm.IRModule]):
+    Of the kernels ``db_dir`` holds no workload of, the records in the first of ``seeds``
+    (read-only databases: the shipped one) that has them are copied into ``db_dir`` at the
+    start, as if measured by this tune: the tune goes on from them."""
+
+    def __init__(self, db_dir: Path, mods: list[tvm.IRModule], seeds: tuple[Path, ...] = ()):
         from tvm.s_tir import meta_schedule as ms
 
         _make_dir(db_dir)
@@ -65,9 +69,39 @@ class TaskDatabase:
         self._offset = self._scratch_records.stat().st_size  # what db_dir's file has
         self._workload_offset = self._scratch_workloads.stat().st_size
         self._lock = threading.Lock()
+        self.seeded = self._seed(seeds, set(kernel_hashes(mods)) - set(self._hashes)
+                                 if seeds else set())
         self.database = ms.database.JSONDatabase(
             path_workload=str(self._scratch_workloads),
             path_tuning_record=str(self._scratch_records))
+        self.sync()  # the seeds reach db_dir now, not only with this tune's first batch
+
+    def _seed(self, seeds: tuple[Path, ...], missing: set[str]) -> int:
+        """Append to the scratch files, past what ``db_dir`` holds, the workloads of
+        ``missing`` (hashes) and their records from the first seed database holding each; the
+        count of records."""
+        count, index = 0, len(self._hashes)
+        for seed in seeds:
+            if not missing or not (seed / RECORD_FILE).exists() \
+                    or not (seed / WORKLOAD_FILE).exists():
+                continue
+            with dbfiles.locked(seed, exclusive=False):
+                lines = list(_json_lines(seed / WORKLOAD_FILE))
+                taken = {}  # seed's index -> scratch index
+                with open(self._scratch_workloads, "ab") as out:
+                    for i, (line, fields) in enumerate(lines):
+                        shash = _hash_of(fields)
+                        if shash in missing:
+                            missing.discard(shash)
+                            taken[i] = index + len(taken)
+                            out.write(line)
+                index += len(taken)
+                with open(self._scratch_records, "ab") as out:
+                    for line, fields in _json_lines(seed / RECORD_FILE):
+                        if _record_index(fields) in taken:
+                            out.write(_reindexed(line, taken[_record_index(fields)]))
+                            count += 1
+        return count
 
     def _new_workloads(self) -> dict[int, bytes]:
         """Workload lines MetaSchedule appended to the scratch file since the last call, by

@@ -10,6 +10,8 @@ import os
 import sys
 import tempfile
 import threading
+from typing import Callable
+
 import tvm
 
 from .. import toolchain
@@ -133,16 +135,18 @@ def _runner(config: TuneConfig, tracker: TrackerConfig, devices: int):
                                f_create_session=bounded_session)
 
 
-def _build_and_run(builder, runner, kernels: list, stop: threading.Event | None = None
+def _build_and_run(builder, runner, kernels: list, stop: threading.Event | None = None,
+                   device_left: Callable[[], bool] | None = None
                    ) -> list[tuple[int, str, str | None, list[float] | None]]:
     """Build ``kernels`` ((module, target, args info) each) in one batch and run those that
     built on the device: (index, step, error, run seconds) for each, step "build" or "run",
     error None when it ran. Build directories are removed at the end.
 
     A kernel that failed to build, or failed to run while another kernel of the batch ran, failed
-    by itself. When every run of the batch failed, the device did (it was lost, or no session
-    could be had): those runs are left out, so that no caller records them as the kernels'
-    failures (MetaSchedule's 1e10 s, never timed again) and a later tune times them anew.
+    by itself. When every run of the batch failed and ``device_left()`` says no device is left
+    under the key, the device failed (it was lost, or no session could be had): those runs are
+    left out, so that no caller records them as the kernels' failures (MetaSchedule's 1e10 s,
+    never timed again) and a later tune times them anew.
     Once ``stop`` is set (Ctrl-C) the results end there: a build or run that failed because the
     same Ctrl-C killed its worker is not the kernel's failure either."""
     from tvm.s_tir import meta_schedule as ms
@@ -174,9 +178,10 @@ def _build_and_run(builder, runner, kernels: list, stop: threading.Event | None 
         for result in built:
             if result.artifact_path:
                 ms.utils.remove_build_dir(result.artifact_path)
-    if runs and all(error for _, _, error, _ in runs):
-        log.warning("all %d runs of a batch failed (%s): the device's failure, not the "
-                    "kernels'; not recorded", len(runs), runs[-1][2])
+    if runs and all(error for _, _, error, _ in runs) and device_left is not None \
+            and not device_left():
+        log.warning("all %d runs of a batch failed (%s) and no device is left: the device's "
+                    "failure, not the kernels'; not recorded", len(runs), runs[-1][2])
         runs = []
     return results + runs
 

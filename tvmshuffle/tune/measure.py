@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Callable
 
 from .. import schedule_cache
 from ..records import mean_ms
@@ -14,7 +15,8 @@ from .tasks import Progress, Task, _cpu_of, _records, _signature, foreign_schedu
 log = logging.getLogger(__name__)
 
 
-def measure_untuned(tasks: list[Task], builder, runner, stop: threading.Event | None = None
+def measure_untuned(tasks: list[Task], builder, runner, stop: threading.Event | None = None,
+                    device_left: Callable[[], bool] | None = None
                     ) -> dict[str, list[float] | None]:
     """Run times (seconds) of each task's kernel as TVM compiles it without a schedule, on the
     device: one batch of builds and runs for all tasks (cut short once ``stop`` is set)."""
@@ -26,7 +28,7 @@ def measure_untuned(tasks: list[Task], builder, runner, stop: threading.Event | 
     latencies: dict[str, list[float] | None] = {task.name: None for task in tasks}
     for i, step, error, secs in _build_and_run(builder, runner, [
             (mod, task.extracted.target, ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
-            for mod, task in zip(mods, tasks)], stop):
+            for mod, task in zip(mods, tasks)], stop, device_left):
         if error:
             log.warning("untuned %s of %s failed: %s", step, tasks[i].name, error)
         latencies[tasks[i].name] = secs
@@ -34,7 +36,8 @@ def measure_untuned(tasks: list[Task], builder, runner, stop: threading.Event | 
 
 
 def remeasure(tasks: list[Task], database, builder, runner, progress: Progress | None = None,
-              stop: threading.Event | None = None) -> dict[str, int]:
+              stop: threading.Event | None = None,
+              device_left: Callable[[], bool] | None = None) -> dict[str, int]:
     """Re-time here, in one batch, each task's fastest schedules measured on another CPU
     (``foreign_schedules``) and record them with this target: the search then starts from what
     the other CPU found, compared with times measured here. Returns the count per task.
@@ -51,7 +54,7 @@ def remeasure(tasks: list[Task], database, builder, runner, progress: Progress |
     candidates = [record.as_measure_candidate() for _, record in picks]
     for i, step, error, secs in _build_and_run(builder, runner, [
             (c.sch.mod, task.extracted.target, c.args_info)
-            for c, (task, _) in zip(candidates, picks)], stop):
+            for c, (task, _) in zip(candidates, picks)], stop, device_left):
         task, record = picks[i]
         if step == "build":  # a build yields only when it failed
             log.warning("re-timing a schedule of %s failed to build: %s", task.name, error)
@@ -66,7 +69,8 @@ def remeasure(tasks: list[Task], database, builder, runner, progress: Progress |
 
 
 def seed_defaults(tasks: list[Task], database, builder, runner,
-                  stop: threading.Event | None = None
+                  stop: threading.Event | None = None,
+                  device_left: Callable[[], bool] | None = None
                   ) -> tuple[dict[str, float | None], set[str]]:
     """Time, in one batch, the default schedule (``defaults``) of each task whose database
     does not hold it yet, and record it with this target: each task's first measured
@@ -75,7 +79,7 @@ def seed_defaults(tasks: list[Task], database, builder, runner,
     default's ms per task (None: no default, or it failed; a failure of the kernel is recorded
     as MetaSchedule records one, so it is not timed again, while a batch the device failed
     throughout records nothing (``_build_and_run``) and is timed by the next tune; once ``stop``
-    is set nothing more is recorded) and the tasks timed now."""
+    is set nothing more is recorded) and the tasks whose default was recorded now."""
     from tvm.s_tir import meta_schedule as ms
 
     found: dict[str, float | None] = {task.name: None for task in tasks}
@@ -91,9 +95,14 @@ def seed_defaults(tasks: list[Task], database, builder, runner,
         if known:
             found[task.name] = mean_ms(known[0].run_secs)
             continue
-        batch.append((task, default, ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
+        # the arguments as the schedule takes them, as MetaSchedule gives its candidates (with
+        # prepacked weights, the weights in their packed layout)
+        batch.append((task, default, ms.arg_info.ArgInfo.from_entry_func(default.schedule.mod,
+                                                                          remove_preproc=True)))
+    recorded = set()
     for i, step, error, secs in _build_and_run(builder, runner, [
-            (d.schedule.mod, task.extracted.target, args) for task, d, args in batch], stop):
+            (d.schedule.mod, task.extracted.target, args) for task, d, args in batch], stop,
+            device_left):
         task, default, args = batch[i]
         if error:
             log.warning("the default schedule of %s failed to %s: %s", task.name, step, error)
@@ -101,7 +110,8 @@ def seed_defaults(tasks: list[Task], database, builder, runner,
             default.schedule.trace, database.commit_workload(task.extracted.dispatched[0]),
             secs or [1e10], task.extracted.target, args))
         found[task.name] = mean_ms(secs)
-    return found, {task.name for task, _, _ in batch}
+        recorded.add(task.name)
+    return found, recorded
 
 
 def keep_untuned_if_faster(database, task: Task, run_secs: list[float],

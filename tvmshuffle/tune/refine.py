@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Callable
 
 import tvm
 
@@ -37,12 +38,12 @@ def _with_tiles(context, trace, insts: list, decisions: list[list[int]]):
     return sch
 
 
-def _timed(builder, runner, kernels: list, name: str,
-           stop: threading.Event) -> dict[int, list[float] | None]:
+def _timed(builder, runner, kernels: list, name: str, stop: threading.Event,
+           device_left: Callable[[], bool] | None = None) -> dict[int, list[float] | None]:
     """Run seconds of each kernel that built (None for a failed run), by index; only those
     timed before ``stop`` was set."""
     found = {}
-    for i, step, error, secs in _build_and_run(builder, runner, kernels, stop):
+    for i, step, error, secs in _build_and_run(builder, runner, kernels, stop, device_left):
         if step == "build":
             log.warning("a tile neighbour of %s failed to build: %s", name, error)
         else:
@@ -57,7 +58,8 @@ def _tile_decisions(trace) -> tuple[list, list[list[int]]]:
 
 
 def refine(task: Task, context, database, builder, runner, budget: int, stop: threading.Event,
-           cold_runner=None) -> tuple[int, int, float | None]:
+           cold_runner=None, device_left: Callable[[], bool] | None = None
+           ) -> tuple[int, int, float | None]:
     """Time up to ``budget`` tile neighbours (``tiles``) of the task's fastest schedule that the
     database does not hold, through the same builder and runner as the search, and record them:
     first other register blocks, then, around the best so far, other inner reduction splits.
@@ -105,7 +107,7 @@ def refine(task: Task, context, database, builder, runner, budget: int, stop: th
         if not batch:
             continue
         secs = _timed(builder, runner, [(sch.mod, target, args_info) for sch in batch],
-                      task.name, stop)
+                      task.name, stop, device_left)
         timed += len(secs)
         best_ms_now = mean_ms(best.run_secs)
         faster = [i for i, s in secs.items() if mean_ms(s) is not None
@@ -114,7 +116,8 @@ def refine(task: Task, context, database, builder, runner, budget: int, stop: th
         if cold_runner is not None and faster:
             cold = _timed(builder, cold_runner, [
                 (best.as_measure_candidate().sch.mod, target, args_info),
-                *((batch[i].mod, target, args_info) for i in faster)], task.name, stop)
+                *((batch[i].mod, target, args_info) for i in faster)], task.name, stop,
+                device_left)
             best_cold = mean_ms(cold.get(0))
             for n, i in enumerate(faster, start=1):
                 pick_cold = mean_ms(cold.get(n))

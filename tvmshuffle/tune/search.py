@@ -13,7 +13,8 @@ import tvm
 
 from .. import interrupts
 from ..errors import DeviceError
-from ..records import best_ms, mean_ms, settle_method, write_method
+from ..records import (LEGACY_METHOD, best_ms, database_method, mean_ms, settle_method,
+                       write_method)
 from ..remote import TrackerConfig, free_devices
 from ..taskdb import TaskDatabase
 from .budget import plan
@@ -135,7 +136,13 @@ def tune_tasks(tasks: list[Task], config: TuneConfig, tracker: TrackerConfig, de
     import xgboost  # noqa: F401 - imported here, not inside a callback that Ctrl-C may hit
 
     progress = progress or Progress()
-    view = TaskDatabase(config.db_dir, [task.extracted.dispatched[0] for task in tasks])
+    # a seed's records count only if made as this tune makes its own
+    seeds = tuple(seed for seed in config.seed_dbs
+                  if (database_method(seed) or LEGACY_METHOD) == config.method)
+    view = TaskDatabase(config.db_dir, [task.extracted.dispatched[0] for task in tasks], seeds)
+    if view.seeded:
+        log.info("%d records of %s copied into %s to start from", view.seeded,
+                 ", ".join(map(str, seeds)), config.db_dir)
     write_method(config.db_dir, config.method)
     builder = _builder(config)
     try:
@@ -184,7 +191,15 @@ def _tune_tasks(tasks: list[Task], config: TuneConfig, view: TaskDatabase, build
     if config.refine and not config.method.flush_caches:
         cold_runner = _runner(replace(config, method=replace(config.method, flush_caches=True)),
                               tracker, devices)
-    remeasured = remeasure(tasks, database, builder, runner, progress, stop)
+    def device_left() -> bool:
+        """Whether a device is still registered under the key (a batch that failed throughout
+        is the device's failure only when none is)."""
+        try:
+            return free_devices(tracker, timeout=10.0) > 0
+        except DeviceError:
+            return False
+
+    remeasured = remeasure(tasks, database, builder, runner, progress, stop, device_left)
     view.sync()
     if stop.is_set():
         raise KeyboardInterrupt
@@ -192,7 +207,7 @@ def _tune_tasks(tasks: list[Task], config: TuneConfig, view: TaskDatabase, build
     # each task tuned now has its default timed first, as the first of its trials (a task at
     # its budget measures nothing)
     tuned_now = [t for t in tasks if budget[t.name][1] > 0]
-    default_ms, seeded = seed_defaults(tuned_now, database, builder, runner, stop)
+    default_ms, seeded = seed_defaults(tuned_now, database, builder, runner, stop, device_left)
     view.sync()
     if stop.is_set():
         raise KeyboardInterrupt
@@ -204,7 +219,7 @@ def _tune_tasks(tasks: list[Task], config: TuneConfig, view: TaskDatabase, build
     target = config.target.tvm_target
     # untuned latency only of the tasks tuned now: resumed ones keep the table's "-"
     untuned = {task.name: None for task in tasks}
-    untuned.update(measure_untuned(tuned_now, builder, runner, stop))
+    untuned.update(measure_untuned(tuned_now, builder, runner, stop, device_left))
     if stop.is_set():
         raise KeyboardInterrupt
     results = []
@@ -245,7 +260,7 @@ def _tune_tasks(tasks: list[Task], config: TuneConfig, view: TaskDatabase, build
             progress.refining(task, config.refine)
             result.refined, result.refined_rejected, result.refined_from_ms = refine(
                 task, _context(task, config, 1), database, builder, runner, config.refine, stop,
-                cold_runner)
+                cold_runner, device_left)
             view.sync()
         records = _records(database, task, target)  # one scan of the database per task
         result.trials_run = len(records) - before

@@ -41,6 +41,10 @@ class TuneConfig:
     # after its search, time up to this many tile neighbours of each task's best schedule
     # (tiles.py) that the database does not hold yet
     refine: int = 0
+    # databases whose records of a kernel db_dir has none of are copied into it first (the
+    # shipped database, when tuning into the user's): the tune resumes from them, their trials
+    # counted, the other CPUs' schedules among them re-timed here
+    seed_dbs: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,151 @@
+"""Where tuning databases live: the shipped ones, read-only, and the user's own.
+
+* **Shipped** databases come with the package: in a wheel or a plain ``pip install .`` they
+  are package data (``tvmshuffle/schedules/``, built from the repository's ``schedules/``); in a
+  source checkout they are its ``schedules/``. They are never written to.
+* **The user's own** are in ``$TVMSHUFFLE_HOME/schedules/``, else in the platform's user data
+  folder (``platformdirs``: ``~/.local/share/tvmshuffle/schedules/`` on Linux): ``tune`` and
+  ``compare --tune-trials`` append there, whatever folder they are run from.
+
+A database folder is named for what measured it: ``host-<LLVM mcpu>`` for this machine's CPU,
+``<target>-<device preset>`` for a device, ``custom`` for a JSON target. ``compile`` reads the
+user's database first and the shipped one for the kernels the user's has no record of; a host
+CPU with no shipped database of its own uses that of a CPU with the same widest vector ISA
+(``vector_isa``), whose records ``tune`` re-times here before counting them. ``--db`` names
+one database and only it is used.
+
+Earlier versions wrote ``./schedules/<name>/`` under the working directory: such a folder is
+no longer read unless given with ``--db``, and commands say so when they find one.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+
+import tvm
+
+from .target import TargetConfig
+
+log = logging.getLogger(__name__)
+
+HOME_ENV = "TVMSHUFFLE_HOME"
+RECORD_FILE = "database_tuning_record.json"  # MetaSchedule's name (records.RECORD_FILE)
+
+# a source checkout this package runs from (an editable install included), whose schedules/
+# ship with it
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+# an installed package's copy of them (pyproject.toml maps schedules/ to tvmshuffle.schedules)
+PACKAGE_SCHEDULES = Path(__file__).resolve().parent / "schedules"
+
+
+def shipped_root() -> Path:
+    """The folder of the databases that ship with this package."""
+    return PACKAGE_SCHEDULES if PACKAGE_SCHEDULES.is_dir() else SOURCE_ROOT / "schedules"
+
+
+def user_root() -> Path:
+    """The folder of the user's own databases."""
+    home = os.environ.get(HOME_ENV)
+    if home:
+        return Path(home).expanduser() / "schedules"
+    import platformdirs
+
+    return platformdirs.user_data_path("tvmshuffle") / "schedules"
+
+
+def has_records(db_dir: Path | None) -> bool:
+    return db_dir is not None and (db_dir / RECORD_FILE).is_file()
+
+
+# The widest vector ISA a host CPU has, as LLVM names its features: CPUs with the same one share
+# vector width and instructions, so schedules tuned on one are a start on the other (each record
+# keeps the target it was measured with, and tune re-times them before counting them).
+VECTOR_ISAS = {"x86_64": ("avx512f", "avx2", "avx"), "aarch64": ("sve2", "sve", "neon")}
+
+
+@functools.cache
+def vector_isa(mtriple: str, mcpu: str) -> str | None:
+    """The widest of VECTOR_ISAS that LLVM's ``mcpu`` has; None when it has none of them or LLVM
+    does not know the name."""
+    from tvm.target import codegen
+
+    arch = mtriple.split("-")[0]
+    if arch not in VECTOR_ISAS:
+        return None
+    if not codegen.llvm_is_valid_cpu(mcpu, mtriple):
+        return None
+    features = set(codegen.llvm_get_cpu_features(
+        tvm.target.Target({"kind": "llvm", "mtriple": mtriple, "mcpu": mcpu})))
+    return next((isa for isa in VECTOR_ISAS[arch] if isa in features), None)
+
+
+def db_name(target: TargetConfig, device: str) -> str:
+    """The folder name of ``target``'s databases: host-<mcpu>, <target>-<device>, custom."""
+    if target.name == "host":
+        return f"host-{dict(target.spec).get('mcpu', 'generic')}"
+    if target.name in ("arm", "arm-linux"):
+        return f"{target.name}-{device}"
+    return "custom"
+
+
+def host_cpu_siblings(mtriple: str, mcpu: str, root: Path) -> list[str]:
+    """CPUs with a host database under ``root`` and the same vector ISA as ``mcpu``, by name
+    (``mcpu`` itself excluded)."""
+    isa = vector_isa(mtriple, mcpu)
+    if isa is None:
+        return []
+    names = {d.name.removeprefix("host-") for d in root.glob("host-*") if has_records(d)}
+    return sorted(name for name in names - {mcpu} if vector_isa(mtriple, name) == isa)
+
+
+def shipped_db(target: TargetConfig, device: str) -> Path | None:
+    """The shipped database for ``target``: its own, else (a host CPU) that of a CPU with the
+    same vector ISA; None if none holds records."""
+    root = shipped_root()
+    own = root / db_name(target, device)
+    if has_records(own):
+        return own
+    if target.name == "host":
+        spec = dict(target.spec)
+        mtriple = spec.get("mtriple", "x86_64-unknown-linux-gnu")
+        for name in host_cpu_siblings(mtriple, spec.get("mcpu", "generic"), root):
+            return root / f"host-{name}"
+    return None
+
+
+def user_db(target: TargetConfig, device: str) -> Path:
+    """The user's database for ``target``, where ``tune`` appends by default."""
+    return user_root() / db_name(target, device)
+
+
+def databases(target: TargetConfig, device: str) -> list[Path]:
+    """What ``compile`` reads for ``target`` when no ``--db`` is given, first to last: the
+    user's database and the shipped one, those that hold records."""
+    warn_legacy(target, device)
+    return [db for db in (user_db(target, device), shipped_db(target, device))
+            if has_records(db)]
+
+
+def warn_legacy(target: TargetConfig, device: str) -> None:
+    """Say so when the working directory holds a database an earlier version wrote there."""
+    legacy = Path("schedules") / db_name(target, device)
+    if has_records(legacy) and legacy.resolve() != (shipped_root() / legacy.name).resolve():
+        log.warning("%s holds tuning records of an earlier tvmshuffle, which are no longer read "
+                    "from the working directory: pass --db %s, or move it to %s", legacy,
+                    legacy, user_root())
+
+
+def compile_dbs(target: TargetConfig, device: str) -> tuple[Path | None, tuple[Path, ...]]:
+    """(the database ``compile`` applies first, those it falls back on) with no ``--db``."""
+    found = databases(target, device)
+    return (found[0], tuple(found[1:])) if found else (None, ())
+
+
+def tune_dbs(target: TargetConfig, device: str) -> tuple[Path, tuple[Path, ...]]:
+    """(the database ``tune`` appends to, the shipped ones it starts from) with no ``--db``."""
+    warn_legacy(target, device)
+    shipped = shipped_db(target, device)
+    return user_db(target, device), (shipped,) if shipped is not None else ()
