@@ -3,6 +3,7 @@ compile reads one."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -279,3 +280,69 @@ def test_a_bad_pick_line_is_named(tmp_path):
     (db / records.PICKS_FILE).write_text('{"workload": "1", "target": "x"}\n')
     with pytest.raises(DatabaseError, match="tvmshuffle_picks.json: line 1 is not a pick"):
         records.read_picks(db, _host("znver4").tvm_target)
+
+
+def test_compile_takes_a_kernels_record_from_the_users_database_before_the_shipped_one(
+        tmp_path):
+    """The user's record of a kernel wins over the shipped one (even a faster one: the user
+    measured on this machine); a kernel only the shipped database has takes the shipped
+    record."""
+    here = _host("znver4").tvm_target
+    doubled, tripled = _kernel(2.0), _kernel(3.0)
+    shipped = records.open_database(tmp_path / "shipped")
+    _commit(shipped, doubled, 1e-6, here)
+    _commit(shipped, tripled, 2e-6, here)
+    user = records.open_database(tmp_path / "user")
+    _commit(user, doubled, 5e-6, here)
+    del shipped, user
+    database = records.apply_database(tmp_path / "user", here)
+    ranked = records.read_ranked(tmp_path / "shipped", here)
+    records.memory_database(ranked, records.choose(ranked, {})[0], into=database)
+    assert [float(database.query_tuning_record(mod, here, "main").run_secs[0])
+            for mod in (doubled, tripled)] == [5e-6, 2e-6]
+
+
+@pytest.mark.slow
+def test_a_wheel_carries_the_shipped_databases_and_finds_them_without_a_checkout(tmp_path):
+    """`pip wheel` of the repository holds its schedules/ as package data; installed (here into
+    a folder of its own, the dependencies taken from this environment) and run from a folder
+    that is no checkout, it applies them: an AVX-512 host the Zen 5 database, an AVX2 one the
+    Zen 3 one, both inside the installed package."""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(tmp_path / "wheel"), str(repo)],
+                   check=True, timeout=600, capture_output=True)
+    (wheel,) = (tmp_path / "wheel").glob("tvmshuffle-*.whl")
+    site = tmp_path / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, timeout=600, capture_output=True)
+    shipped = sorted(d.name for d in (repo / "schedules").iterdir()
+                     if (d / records.RECORD_FILE).exists())
+    code = (
+        "import json\n"
+        "from tvmshuffle import places, target\n"
+        "def host(cpu):\n"
+        "    return target.TargetConfig.from_json({'name': 'host', 'tvm': {'kind': 'llvm',\n"
+        "        'mtriple': 'x86_64-unknown-linux-gnu', 'mcpu': cpu, 'num-cores': 1}})\n"
+        "root = places.shipped_root()\n"
+        "print(json.dumps({'root': str(root), 'folders': sorted(\n"
+        "    d.name for d in root.iterdir() if places.has_records(d)),\n"
+        "    'avx512': str(places.shipped_db(host('skylake-avx512'), 'generic')),\n"
+        "    'avx2': str(places.shipped_db(host('haswell'), 'generic'))}))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(PYTHONPATH=str(site), **{places.HOME_ENV: str(tmp_path / "home")})
+    work = tmp_path / "work"
+    work.mkdir()
+    found = json.loads(subprocess.run([sys.executable, "-c", code], cwd=work, env=env,
+                                      check=True, timeout=300, capture_output=True,
+                                      text=True).stdout)
+    assert found["root"] == str(site / "tvmshuffle" / "schedules")
+    assert found["folders"] == shipped
+    if "host-znver5" in shipped:
+        assert found["avx512"] == str(site / "tvmshuffle" / "schedules" / "host-znver5")
+    if "host-znver3" in shipped:
+        assert found["avx2"] == str(site / "tvmshuffle" / "schedules" / "host-znver3")
