@@ -302,6 +302,62 @@ def test_compile_takes_a_kernels_record_from_the_users_database_before_the_shipp
             for mod in (doubled, tripled)] == [5e-6, 2e-6]
 
 
+def test_a_compacted_database_keeps_the_fastest_and_counts_what_it_dropped(tmp_path):
+    """compact keeps per kernel and target the fastest few schedules that ran (a failed one
+    never), drops kernels left with none, and counts what it dropped: compile chooses the same
+    record, and a tune from the compact copy (directly, or seeded from it as from the shipped
+    database) counts every trial the full one had."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvmshuffle import compact
+    from tvmshuffle.tune.budget import plan
+
+    here, there = _host("znver4").tvm_target, _host("znver5").tvm_target
+    doubled, tripled = _kernel(2.0), _kernel(3.0)
+    full = records.open_database(tmp_path / "full")
+
+    def commit(mod, secs, target, factor):  # schedules told apart by their split
+        full.commit_tuning_record(ms.database.TuningRecord(
+            _scheduled(mod, True, factor), full.commit_workload(mod), [secs], target,
+            ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
+
+    # five schedules, one timed twice (1e-6 and 2e-6: kept once), one failed
+    for secs, factor in ((5e-6, 2), (1e-6, 4), (2e-6, 4), (3e-6, 8), (1e10, 16)):
+        commit(doubled, secs, here, factor)
+    commit(doubled, 7e-6, there, 2)
+    full.commit_tuning_record(ms.database.TuningRecord(  # a kernel with a failure only
+        _scheduled(tripled, False), full.commit_workload(tripled), [1e10], here,
+        ms.arg_info.ArgInfo.from_prim_func(tripled["main"])))
+    del full
+    summary = compact.compact(tmp_path / "full", tmp_path / "small", keep=2)
+    assert summary.workloads == (2, 1) and summary.records == (7, 3)  # 2 here, 1 there
+    small = tmp_path / "small"
+    assert records.read_dropped(small) == {
+        (records.kernel_hashes([doubled])[0], str(here)): 3,
+        (records.kernel_hashes([tripled])[0], str(here)): 1}
+    for db in (tmp_path / "full", small):
+        best = records.apply_database(db, here).query_tuning_record(doubled, here, "main")
+        assert [float(s) for s in best.run_secs] == [1e-6]
+
+    def spent_here(view, mod) -> int:
+        found = [r for r in view.database.get_all_tuning_records()
+                 if str(r.target) == str(here) and r.workload.mod.script() == mod.script()]
+        return len(found) + view.spent(mod, here)
+
+    direct = taskdb.TaskDatabase(small, [doubled, tripled])
+    assert (spent_here(direct, doubled), spent_here(direct, tripled)) == (5, 1)
+    direct.close()
+    seeded = taskdb.TaskDatabase(tmp_path / "user", [doubled, tripled], (small,))
+    assert (spent_here(seeded, doubled), spent_here(seeded, tripled)) == (5, 1)
+    seeded.close()
+    again = taskdb.TaskDatabase(tmp_path / "user", [doubled, tripled], (small,))
+    assert again.seeded == 0
+    assert (spent_here(again, doubled), spent_here(again, tripled)) == (5, 1)
+    again.close()
+    with pytest.raises(FileExistsError):
+        compact.compact(tmp_path / "full", small)
+
+
 @pytest.mark.slow
 def test_a_wheel_carries_the_shipped_databases_and_finds_them_without_a_checkout(tmp_path):
     """`pip wheel` of the repository holds its schedules/ as package data; installed (here into

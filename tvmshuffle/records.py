@@ -34,6 +34,8 @@ RECORD_FILE = places.RECORD_FILE
 METHOD_FILE = "tvmshuffle_method.json"
 # kernels' schedules chosen by their time in the network (`tvmshuffle pick`), one a line
 PICKS_FILE = "tvmshuffle_picks.json"
+# records a compaction dropped, per kernel and target (``compact``): trials already spent
+TRIALS_FILE = "tvmshuffle_trials.json"
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,23 @@ def kernel_hashes(mods: list[tvm.IRModule]) -> list[str]:
         probe = ms.database.JSONDatabase(path_workload=str(Path(tmp, WORKLOAD_FILE)),
                                          path_tuning_record=str(Path(tmp, RECORD_FILE)))
         return [str(probe.commit_workload(mod).as_json()[0]) for mod in mods]
+
+
+def read_dropped(db_dir: Path) -> dict[tuple[str, str], int]:
+    """Records of ``db_dir`` that a compaction dropped (TRIALS_FILE), per (workload hash,
+    target string): trials spent that the records no longer show."""
+    path = db_dir / TRIALS_FILE
+    found: dict[tuple[str, str], int] = {}
+    if not path.exists():
+        return found
+    for number, (_, fields) in enumerate(_json_lines(path), 1):
+        try:
+            key = (str(fields["workload"]), str(fields["target"]))
+            found[key] = found.get(key, 0) + int(fields["dropped"])
+        except (TypeError, KeyError, ValueError) as err:
+            raise DatabaseError(f"{path}: line {number} is not a trial count "
+                                f"({err.__class__.__name__})") from err
+    return found
 
 
 def _hash_of(fields) -> str:

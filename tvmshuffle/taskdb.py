@@ -14,8 +14,8 @@ from pathlib import Path
 import tvm
 
 from . import dbfiles
-from .records import (RECORD_FILE, WORKLOAD_FILE, _hash_of, _json_lines, _make_dir,
-                      _record_index, kernel_hashes, workload_hashes)
+from .records import (RECORD_FILE, TRIALS_FILE, WORKLOAD_FILE, _hash_of, _json_lines,
+                      _make_dir, _record_index, kernel_hashes, read_dropped, workload_hashes)
 
 
 class TaskDatabase:
@@ -69,8 +69,12 @@ class TaskDatabase:
         self._offset = self._scratch_records.stat().st_size  # what db_dir's file has
         self._workload_offset = self._scratch_workloads.stat().st_size
         self._lock = threading.Lock()
-        self.seeded = self._seed(seeds, set(kernel_hashes(mods)) - set(self._hashes)
-                                 if seeds else set())
+        self._mods = list(mods)
+        self._kernel_hashes = kernel_hashes(mods)
+        self._dropped = read_dropped(db_dir)  # a compacted database's spent trials
+        # kernels db_dir knows nothing of: no workload, no trials spent
+        unknown = set(self._kernel_hashes) - set(self._hashes) - {h for h, _ in self._dropped}
+        self.seeded = self._seed(seeds, unknown if seeds else set())
         self.database = ms.database.JSONDatabase(
             path_workload=str(self._scratch_workloads),
             path_tuning_record=str(self._scratch_records))
@@ -86,6 +90,8 @@ class TaskDatabase:
                     or not (seed / WORKLOAD_FILE).exists():
                 continue
             with dbfiles.locked(seed, exclusive=False):
+                # a kernel's spent trials come with it, even when none of its records did
+                spent = {key: n for key, n in read_dropped(seed).items() if key[0] in missing}
                 lines = list(_json_lines(seed / WORKLOAD_FILE))
                 taken = {}  # seed's index -> scratch index
                 with open(self._scratch_workloads, "ab") as out:
@@ -101,7 +107,22 @@ class TaskDatabase:
                         if _record_index(fields) in taken:
                             out.write(_reindexed(line, taken[_record_index(fields)]))
                             count += 1
+            if spent:  # the trials the seed's compaction dropped are spent here too
+                with dbfiles.locked(self._dir, exclusive=True):
+                    dbfiles.repair_torn_tail(self._dir / TRIALS_FILE)
+                    dbfiles.append(self._dir / TRIALS_FILE, b"".join(
+                        json.dumps({"workload": w, "target": t, "dropped": n},
+                                   sort_keys=True).encode() + b"\n"
+                        for (w, t), n in sorted(spent.items())))
+                for key, n in spent.items():
+                    self._dropped[key] = self._dropped.get(key, 0) + n
         return count
+
+    def spent(self, mod: tvm.IRModule, target: tvm.target.Target) -> int:
+        """Trials spent on kernel ``mod`` with ``target`` that no record shows (a compacted
+        database's, ``compact``); ``mod`` one of those this view was made for."""
+        shash = self._kernel_hashes[self._mods.index(mod)] if mod in self._mods else None
+        return self._dropped.get((shash, str(target)), 0)
 
     def _new_workloads(self) -> dict[int, bytes]:
         """Workload lines MetaSchedule appended to the scratch file since the last call, by

@@ -8,8 +8,10 @@ from ..records import best_ms
 from .tasks import Task, TuneConfig, _records
 
 
-def plan(tasks: list[Task], config: TuneConfig, database) -> dict[str, tuple[int, int]]:
-    """Per task: (records already in the database, trials still to run).
+def plan(tasks: list[Task], config: TuneConfig, database,
+         spent: dict[str, int] | None = None) -> dict[str, tuple[int, int]]:
+    """Per task: (trials already spent: its records in the database, and ``spent``, those a
+    compacted database no longer shows; trials still to run).
 
     With ``trials_per_task`` every task gets that budget. Without it, ``trials`` is shared out
     where the time is: each task first gets an even share of up to WARMUP trials, and whatever
@@ -19,7 +21,7 @@ def plan(tasks: list[Task], config: TuneConfig, database) -> dict[str, tuple[int
     same budget, and a larger ``trials`` on a tuned database buys trials for the heavy tasks."""
     target = config.target.tvm_target
     records = {task.name: _records(database, task, target) for task in tasks}
-    before = {name: len(found) for name, found in records.items()}
+    before = {name: len(found) + (spent or {}).get(name, 0) for name, found in records.items()}
     if config.trials_per_task:
         goal = {task.name: config.trials_per_task for task in tasks}
     else:

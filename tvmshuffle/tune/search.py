@@ -203,7 +203,9 @@ def _tune_tasks(tasks: list[Task], config: TuneConfig, view: TaskDatabase, build
     view.sync()
     if stop.is_set():
         raise KeyboardInterrupt
-    budget = plan(tasks, config, database)
+    target = config.target.tvm_target
+    spent = {task.name: view.spent(task.extracted.dispatched[0], target) for task in tasks}
+    budget = plan(tasks, config, database, spent)
     # each task tuned now has its default timed first, as the first of its trials (a task at
     # its budget measures nothing)
     tuned_now = [t for t in tasks if budget[t.name][1] > 0]
@@ -216,7 +218,6 @@ def _tune_tasks(tasks: list[Task], config: TuneConfig, view: TaskDatabase, build
     # one XGBoost model for all tasks, so what it learns on one conv helps the next; it ranks
     # candidates after 16 measurements instead of MetaSchedule's 100 (our budgets are small)
     cost_model = ms.cost_model.XGBModel(num_warmup_samples=16)
-    target = config.target.tvm_target
     # untuned latency only of the tasks tuned now: resumed ones keep the table's "-"
     untuned = {task.name: None for task in tasks}
     untuned.update(measure_untuned(tuned_now, builder, runner, stop, device_left))
@@ -263,7 +264,7 @@ def _tune_tasks(tasks: list[Task], config: TuneConfig, view: TaskDatabase, build
                 cold_runner, device_left)
             view.sync()
         records = _records(database, task, target)  # one scan of the database per task
-        result.trials_run = len(records) - before
+        result.trials_run = len(records) - (before - spent[task.name])
         result.tuned_ms = best_ms(records)
         if untuned_secs is not None and keep_untuned_if_faster(database, task, untuned_secs,
                                                                result.tuned_ms):
