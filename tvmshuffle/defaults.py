@@ -40,7 +40,6 @@ levels above are in benchmarks/RESULTS.md ("Default schedules derived from the t
 from __future__ import annotations
 
 import itertools
-import os
 import logging
 import math
 from dataclasses import dataclass
@@ -105,7 +104,6 @@ def register_block(extents: list[int], reads: list[frozenset[int]], regs: tiles.
     accumulators, then blocks along the inner loops."""
     *outer, channels = extents
     last = len(extents) - 1
-    everything = frozenset(range(len(extents)))
     # whole vectors, or the whole loop: a block that ends inside a vector repeats a masked,
     # misaligned tail in every block (4-5x slower measured: 40 channels as 2 x 20 on AVX2)
     vector_choices = sorted({d for d in _divisors(channels) if d % regs.lanes == 0}
@@ -116,13 +114,7 @@ def register_block(extents: list[int], reads: list[frozenset[int]], regs: tiles.
         lane_use = c3 / (vectors * regs.lanes)
         for pixels in itertools.product(*(_divisors(e) for e in outer)):
             accumulators = math.prod(pixels) * vectors
-            if os.environ.get("TVMSHUFFLE_LIVE") == "step":
-                step = sum(math.prod(pixels[i] for i in read if i != last)
-                           * (vectors if last in read else 1) for read in reads
-                           if not everything <= read)
-                live = accumulators + step
-            else:
-                live = accumulators + (1 if memory_operands else vectors) + 1
+            live = accumulators + (1 if memory_operands else vectors) + 1
             if live > regs.count:
                 continue
             loads = sum(math.prod(pixels[i] for i in read if i != last)
