@@ -196,7 +196,7 @@ def test_compare_on_the_emulated_device(emu, tmp_path):
     out = tmp_path / "report"
     result = invoke("compare", "--target", "arm-linux", "--rpc-tracker", emu.address,
                     "--rpc-key", EMU_KEY, "--models",
-                    "shufflenet_v1_g3_0.25x,alexnet,mobilenet_v1_0.25", "--sizes", "64x64",
+                    "shufflenet_v1_g3_0.25x,mobilenet_v1_0.25", "--sizes", "64x64",
                     "--baselines", "none", "--repeat", "3", "-o", str(out), "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)

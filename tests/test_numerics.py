@@ -9,8 +9,11 @@ from tvmshuffle import flops, frontends, models
 
 pytestmark = pytest.mark.slow
 
-CASES = [("shufflenet_v1_g3_0.5x", (224, 224)), ("shufflenet_v1_g8_0.5x", (224, 224)),
-         ("mobilenet_v1_0.25", (224, 224)), ("alexnet", (96, 96))]
+# numerics do not depend on the input size: small ones keep the suite inside CI's time (the
+# ShuffleNet 0.5x at 224x224 with default schedules took 193 s); the Table 8 size is built by
+# `compare` and the benchmarks
+CASES = [("shufflenet_v1_g3_0.5x", (64, 64)), ("shufflenet_v1_g8_0.5x", (64, 64)),
+         ("mobilenet_v1_0.25", (64, 64)), ("alexnet", (96, 96))]
 
 
 @pytest.mark.parametrize("name,size", CASES)
@@ -40,9 +43,18 @@ def test_onnx_path_matches_pytorch(name, size, tmp_path):
     assert abs(torch_out - ort_out).max() < 1e-4
 
 
-@pytest.mark.parametrize("name", models.model_names())
-def test_every_zoo_model_imports_both_ways(name, tmp_path):
-    """Each zoo model imports through torch.export and through ONNX with equal FLOPs."""
+# every family, every ShuffleNet group count and every width multiplier once (all 30 took 7 min;
+# test_models checks every zoo model's FLOPs from its layers' shapes)
+IMPORTED = ["alexnet", "mobilenet_v1_0.25", "mobilenet_v1_1.0", "shufflenet_v1_g1_0.5x",
+            "shufflenet_v1_g2_0.5x", "shufflenet_v1_g4_0.5x", "shufflenet_v1_g8_0.5x",
+            "shufflenet_v1_g3_0.25x", "shufflenet_v1_g3_1.0x", "shufflenet_v1_g3_1.5x",
+            "shufflenet_v1_g3_2.0x"]
+
+
+@pytest.mark.parametrize("name", IMPORTED)
+def test_every_kind_of_zoo_model_imports_both_ways(name, tmp_path):
+    """Each kind of zoo model imports through torch.export and through ONNX with equal
+    FLOPs."""
     size = (64, 64)
     via_torch = frontends.load(frontends.ModelSpec(name, size))
     path = frontends.export_onnx(models.build(name), (1, 3, *size), tmp_path / "m.onnx")
