@@ -272,6 +272,12 @@ class TuneProgress:
         if self._beat is not None:
             self._beat(text)
 
+    def seeded(self, count: int, seeds: list[str]) -> None:
+        if self.quiet:
+            return
+        self.bars.console.print(f"starting from {count} records of {', '.join(seeds)} (the "
+                                "shipped schedules of this model's kernels)")
+
     def remeasuring(self, count: int, cpus: list[str]) -> None:
         if self.quiet:
             return

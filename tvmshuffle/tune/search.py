@@ -143,6 +143,7 @@ def tune_tasks(tasks: list[Task], config: TuneConfig, tracker: TrackerConfig, de
     if view.seeded:
         log.info("%d records of %s copied into %s to start from", view.seeded,
                  ", ".join(map(str, seeds)), config.db_dir)
+        progress.seeded(view.seeded, [str(seed) for seed in seeds])
     write_method(config.db_dir, config.method)
     builder = _builder(config)
     try:
