@@ -27,12 +27,12 @@ from pathlib import Path
 
 import tvm
 
+from .records import RECORD_FILE
 from .target import TargetConfig
 
 log = logging.getLogger(__name__)
 
 HOME_ENV = "TVMSHUFFLE_HOME"
-RECORD_FILE = "database_tuning_record.json"  # MetaSchedule's name (records.RECORD_FILE)
 
 # a source checkout this package runs from (an editable install included), whose schedules/
 # ship with it
@@ -108,12 +108,12 @@ def shipped_db(target: TargetConfig, device: str) -> Path | None:
     own = root / db_name(target, device)
     if has_records(own):
         return own
-    if target.name == "host":
-        spec = dict(target.spec)
-        mtriple = spec.get("mtriple", "x86_64-unknown-linux-gnu")
-        for name in host_cpu_siblings(mtriple, spec.get("mcpu", "generic"), root):
-            return root / f"host-{name}"
-    return None
+    if target.name != "host":
+        return None
+    spec = dict(target.spec)
+    siblings = host_cpu_siblings(spec.get("mtriple", "x86_64-unknown-linux-gnu"),
+                                 spec.get("mcpu", "generic"), root)
+    return root / f"host-{siblings[0]}" if siblings else None
 
 
 def user_db(target: TargetConfig, device: str) -> Path:

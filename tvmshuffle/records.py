@@ -24,13 +24,13 @@ from typing import Iterator
 
 import tvm
 
-from . import dbfiles, places
+from . import dbfiles
 from .errors import DatabaseError, first_line
 
 log = logging.getLogger(__name__)
 
 WORKLOAD_FILE = "database_workload.json"
-RECORD_FILE = places.RECORD_FILE
+RECORD_FILE = "database_tuning_record.json"
 METHOD_FILE = "tvmshuffle_method.json"
 # kernels' schedules chosen by their time in the network (`tvmshuffle pick`), one a line
 PICKS_FILE = "tvmshuffle_picks.json"

@@ -15,7 +15,7 @@ import tvm
 
 from . import dbfiles
 from .records import (RECORD_FILE, TRIALS_FILE, WORKLOAD_FILE, _hash_of, _json_lines,
-                      _make_dir, _record_index, kernel_hashes, read_dropped, workload_hashes)
+                      _make_dir, _record_index, kernel_hashes, read_dropped)
 
 
 class TaskDatabase:
@@ -47,6 +47,8 @@ class TaskDatabase:
         self._scratch_workloads = scratch / WORKLOAD_FILE
         self._scratch_records = scratch / RECORD_FILE
         workload_file, record_file = db_dir / WORKLOAD_FILE, db_dir / RECORD_FILE
+        self._mods = list(mods)
+        self._kernel_hashes = kernel_hashes(mods)  # as MetaSchedule keys their workloads
         with dbfiles.locked(db_dir, exclusive=True):
             for path in (workload_file, record_file):
                 dbfiles.repair_torn_tail(path)
@@ -59,7 +61,7 @@ class TaskDatabase:
             self._order = list(self._hashes)  # db_dir's file's hashes, line by line
             self._file_size = workload_file.stat().st_size if workload_file.exists() else 0
             # the kernels that are in the file already
-            wanted = set(workload_hashes(scratch, mods)) - {None}
+            wanted = set(self._kernel_hashes)
             indices = {i for i, h in enumerate(self._hashes) if h in wanted}
             with open(self._scratch_records, "wb") as out:
                 if record_file.exists():
@@ -69,8 +71,6 @@ class TaskDatabase:
         self._offset = self._scratch_records.stat().st_size  # what db_dir's file has
         self._workload_offset = self._scratch_workloads.stat().st_size
         self._lock = threading.Lock()
-        self._mods = list(mods)
-        self._kernel_hashes = kernel_hashes(mods)
         self._dropped = read_dropped(db_dir)  # a compacted database's spent trials
         # kernels db_dir knows nothing of: no workload, no trials spent
         unknown = set(self._kernel_hashes) - set(self._hashes) - {h for h, _ in self._dropped}
