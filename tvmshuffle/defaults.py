@@ -12,9 +12,10 @@ instead, with the decisions the search would sample chosen from the target:
 * the register block (the S3 tile levels: outputs kept in vector registers while the inner
   reduction runs) is an outer product of pixels by whole vectors of output channels, the
   broadcast-FMA micro-kernel of BLAS and ncnn, sized to the vector register file
-  (``tiles.registers``: AVX-512 32 x 16 lanes, AVX2 16 x 8, NEON 32 x 4): accumulators and
-  a broadcast register (on NEON, which has no FMA memory operand, also one per weight vector)
-  within the file, chosen for the most multiply-adds per load;
+  (``tiles.registers``: AVX-512 32 x 16 lanes, AVX2 16 x 8, NEON 32 x 4): accumulators, a
+  broadcast register and the weight vectors within the file (on x86 one more, spilled at a
+  price), chosen for the most multiply-adds per load, a weight vector costing two on x86
+  (``register_block`` has the numbers);
 * the inner reduction (R1) is as long as MetaSchedule allows (64), the cache-written tile is
   the register block (the accumulators stay in registers, the epilogue — bias, residual, ReLU
   — runs on them in place, vectorized), S2 is 1, the parallel level S0 gives each core a few
@@ -98,28 +99,49 @@ def register_block(extents: list[int], reads: list[frozenset[int]], regs: tiles.
     per load: a block of B outputs costs, per reduction step, B / lanes vector FMAs and, per
     buffer read, one load for each distinct element it reads (a broadcast scalar when the
     vectorized loop does not index it, a vector when it does): pixels x channels reuse the
-    input across the channel vectors and the weights across the pixels. The accumulators, and
-    unless the ISA takes a load as an FMA operand (x86) the weight vectors, fit the register
-    file with one more for the broadcast; masked lanes count as lost work. Ties: more
-    accumulators, then blocks along the inner loops."""
+    input across the channel vectors and the weights across the pixels. Masked lanes count as
+    lost work. Ties: more accumulators, then blocks along the inner loops.
+
+    The register file holds the accumulators, one broadcast and the weight vectors. On x86
+    (``memory_operands``: an FMA may take a load as operand) LLVM still keeps a weight vector
+    that several pixels use in a register, so a block of more pixels needs them too; it also
+    wants a register of its own, and past that it spills the broadcasts (a store and a reload
+    each). There a block may exceed the file by one register, at the price of half a load per
+    pixel, and a weight vector (streamed from L2, where the broadcast input stays in L1 across
+    the channel blocks) costs two loads. Measured on Zen 3 (AVX2, kernels alone, session 19):
+    MobileNet's 1x1 convolutions at 14x14 and 28x28 go from 7 x 16 (14 accumulators, 555-701
+    stack loads and stores per 896 FMAs) to 4 x 16 (8 accumulators, none): 35-45 -> 41-73
+    GFLOP/s; ShuffleNet 1x's stage-2/3 group convolutions 1.2-2x faster (stage 3's 7-call
+    expansion 40 -> 80 GFLOP/s); at 7x7 the 7 x 16 block stays (7 x 8, without spills, ran 30%
+    slower), as do blocks that fit (the stems' 4 x 24). On NEON (32 registers, no FMA memory
+    operand) the count is the plain one, unmeasured on a device."""
     *outer, channels = extents
     last = len(extents) - 1
     # whole vectors, or the whole loop: a block that ends inside a vector repeats a masked,
     # misaligned tail in every block (4-5x slower measured: 40 channels as 2 x 20 on AVX2)
     vector_choices = sorted({d for d in _divisors(channels) if d % regs.lanes == 0}
                             | {channels})
+    weight_cost = 2 if memory_operands else 1
     best, best_key = None, None
     for c3 in vector_choices:
         vectors = math.ceil(c3 / regs.lanes)
         lane_use = c3 / (vectors * regs.lanes)
         for pixels in itertools.product(*(_divisors(e) for e in outer)):
-            accumulators = math.prod(pixels) * vectors
-            live = accumulators + (1 if memory_operands else vectors) + 1
-            if live > regs.count:
+            count = math.prod(pixels)
+            accumulators = count * vectors
+            spill = 0.0
+            if memory_operands:
+                # one pixel uses each weight vector once: as an FMA operand, no register
+                live = accumulators + (vectors if count > 1 else 0) + 1
+                if live > regs.count + 1:
+                    continue
+                if live > regs.count - 1:  # LLVM's own register taken: broadcasts spilled
+                    spill = count / 2
+            elif accumulators + vectors + 1 > regs.count:
                 continue
             loads = sum(math.prod(pixels[i] for i in read if i != last)
-                        * (vectors if last in read else 1) for read in reads)
-            intensity = accumulators / max(1, loads) * lane_use
+                        * (vectors * weight_cost if last in read else 1) for read in reads)
+            intensity = accumulators / max(1, loads + spill) * lane_use
             key = (round(intensity, 6), accumulators, tuple(reversed(pixels)))
             if best_key is None or key > best_key:
                 best, best_key = (*pixels, c3), key
