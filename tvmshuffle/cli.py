@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
-import functools
 import logging
 import os
 import sys
@@ -13,6 +12,9 @@ from pathlib import Path
 
 import click
 
+from .devices import acquire as acquire_devices
+from .devices import need_device
+from .devices import starting as devices_starting
 from .errors import BadInputError, DatabaseError, TvmShuffleError
 
 log = logging.getLogger(__name__)
@@ -108,50 +110,6 @@ rpc_tracker_option = click.option(
     help="TVM RPC tracker to get devices from (default: an embedded tracker and a host-CPU "
          "device on 127.0.0.1, stopped afterwards).")
 rpc_key_option = click.option("--rpc-key", help="Device key at the tracker, e.g. snapdragon820.")
-
-
-def _need_device(rpc_tracker: str | None, resolved) -> None:
-    """Code for another machine needs a tracker: the embedded default device is this CPU.
-    Checked before any import or build."""
-    if not rpc_tracker and not resolved.runs_on_host:
-        raise BadInputError(f"--target {resolved.name} needs a device: give --rpc-tracker and "
-                            "--rpc-key (the embedded default device is this machine's CPU)")
-
-
-def _devices(stack: contextlib.ExitStack, rpc_tracker: str | None, rpc_key: str | None,
-             threads: int, session_timeout: int, quiet: bool):
-    """The tracker to use and how many devices it has under the key: the given one, or the
-    embedded default (entered on ``stack``, so it stops when the command ends)."""
-    return _devices_starting(stack, rpc_tracker, rpc_key, threads, session_timeout, quiet)()
-
-
-def _devices_starting(stack: contextlib.ExitStack, rpc_tracker: str | None,
-                      rpc_key: str | None, threads: int, session_timeout: int, quiet: bool):
-    """``_devices`` in two steps: a given tracker is checked now (before any import or build),
-    the embedded default starts now; the returned function gives (tracker, devices), waiting
-    for the embedded device if it is not up yet (the same pair on every call). Its servers
-    start while the model imports."""
-    from . import remote, report
-
-    session_timeout = max(session_timeout, remote.DEFAULT_SESSION_TIMEOUT)
-    if rpc_tracker:
-        if not rpc_key:
-            raise BadInputError("--rpc-tracker needs --rpc-key (the device key at the tracker)")
-        host, port = remote.parse_tracker(rpc_tracker)
-        tracker = remote.TrackerConfig(host, port, rpc_key, session_timeout)
-        devices = remote.free_devices(tracker, timeout=min(session_timeout, 10))
-        return lambda: (tracker, devices)
-    if rpc_key:
-        raise BadInputError("--rpc-key needs --rpc-tracker (the embedded default has one "
-                            f"device, key '{remote.EMBEDDED_KEY}')")
-    ready = stack.enter_context(remote.embedded_device_starting(threads))
-
-    @functools.cache
-    def embedded():
-        with report.step("starting the embedded tracker and device", quiet=quiet):
-            return dataclasses.replace(ready(), session_timeout=session_timeout), 1
-
-    return embedded
 
 
 target_option = click.option(
@@ -360,7 +318,7 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
 
     config_target = target.resolve(target_name, device, threads)
     toolchain.find(config_target, android_api)  # candidates are linked like the final .so
-    _need_device(rpc_tracker, config_target)
+    need_device(rpc_tracker, config_target)
     kinds = tuple(k.strip() for k in ops.split(",") if k.strip())
     unknown = [k for k in kinds if k not in (*tuning.OPS_CHOICES, "all")]
     if unknown or not kinds:
@@ -375,8 +333,8 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
                                method=records.settle_method(db, prepack, flush_caches),
                                refine=refine, seed_dbs=seeds)
     with contextlib.ExitStack() as stack:
-        devices_up = _devices_starting(stack, rpc_tracker, rpc_key, config_target.num_cores,
-                                       timeout, as_json)
+        devices_up = devices_starting(stack, rpc_tracker, rpc_key, config_target.num_cores,
+                                      timeout, as_json)
         with report.step(f"importing {model}", quiet=as_json):
             imported = frontends.load(frontends.ModelSpec(model, input_size, batch=batch))
         start = _time.perf_counter()
@@ -482,7 +440,7 @@ def compare(target_name, device, rpc_tracker, rpc_key, model_list, sizes, db, tu
 
     resolved = target.resolve(target_name, device, threads)
     toolchain.find(resolved, android_api)
-    _need_device(rpc_tracker, resolved)
+    need_device(rpc_tracker, resolved)
     names = tuple(n.strip() for n in (model_list or ",".join(comparing.DEFAULT_MODELS))
                   .split(",") if n.strip())
     size_list = comparing.parse_sizes(sizes)
@@ -498,8 +456,8 @@ def compare(target_name, device, rpc_tracker, rpc_key, model_list, sizes, db, tu
     export.prepare_out_dir(report_dir)
     with contextlib.ExitStack() as stack:
         # quiet: the wait shows in the progress line below (one live display at a time)
-        devices_up = _devices_starting(stack, rpc_tracker, rpc_key, resolved.num_cores, timeout,
-                                       quiet=True)
+        devices_up = devices_starting(stack, rpc_tracker, rpc_key, resolved.num_cores, timeout,
+                                      quiet=True)
         config = comparing.CompareConfig(resolved, None, names, size_list, peers, db,
                                          resolved.num_cores, repeat, tune_trials, 1,
                                          android_api, emulated, others)
@@ -578,7 +536,7 @@ def deploy(out_dir: Path, rpc_tracker, rpc_key, threads, repeat, number, toleran
                             "one)")
     config = deploying.DeployConfig(threads, repeat, number, tolerance, float(wait), emulated)
     with contextlib.ExitStack() as stack:
-        tracker, _ = _devices(stack, rpc_tracker, rpc_key, threads, timeout, as_json)
+        tracker, _ = acquire_devices(stack, rpc_tracker, rpc_key, threads, timeout, as_json)
         with report.step(f"deploying to '{tracker.key}' at {tracker.address}", quiet=as_json):
             deployed = deploying.run_remote(artifact, tracker, config)
     if as_json:

@@ -241,3 +241,8 @@ def flops_to_speed(cells: list[Cell], family: str = "shufflenet") -> dict | None
         return None
     slope = sum(x * y for x, y in zip(xs, ys)) / denominator
     return {"slope": slope, "speed_for_4x_fewer_flops": 4 ** slope}
+
+
+from ._callable import make_callable  # noqa: E402 - tvmshuffle.compare(...) is api.compare
+
+make_callable(__name__)

@@ -213,3 +213,8 @@ def _dlopen_reason(text: str) -> str:
         if "Failed to load dynamic shared library" in line:
             return line.split("Failed to load dynamic shared library", 1)[1].strip()
     return first_line(text)
+
+
+from ._callable import make_callable  # noqa: E402 - tvmshuffle.deploy(...) is api.deploy
+
+make_callable(__name__)

@@ -6,6 +6,7 @@ zoo models and .pt2 programs, ONNX Runtime for .onnx files.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import warnings
@@ -140,6 +141,24 @@ def _load_zoo(spec: ModelSpec, decompose: bool) -> ImportedModel:
                          _torch_reference(model))
 
 
+def load_module(module, example: np.ndarray, name: str) -> ImportedModel:
+    """Import an in-memory ``torch.nn.Module`` (in eval mode), exported with ``torch.export``
+    on ``example``, whose shape and dtype the compiled model takes; its reference is the
+    module itself."""
+    import torch
+
+    _check_pixels(tuple(example.shape))
+    module.eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(module, (torch.from_numpy(example),))
+    except Exception as err:  # noqa: BLE001 - torch.export raises many types
+        raise ImportFailedError(f"torch.export cannot export {name}: {first_line(err)}") from err
+    loaded = load_program(program, name, f"<{type(module).__name__}>")
+    return dataclasses.replace(loaded, kind="module", reference=_torch_reference(module))
+
+
 def _load_pt2(path: Path, size: tuple[int, int] | None, batch: int | None) -> ImportedModel:
     import torch
 
@@ -152,6 +171,14 @@ def _load_pt2(path: Path, size: tuple[int, int] | None, batch: int | None) -> Im
     except Exception as err:  # torch raises zipfile, pickle and runtime errors alike
         raise BadInputError(f"cannot read {path} as a torch.export program: "
                             f"{first_line(err)}") from err
+    return load_program(program, path.stem, str(path.resolve()), size, batch)
+
+
+def load_program(program, name: str, source: str, size: tuple[int, int] | None = None,
+                 batch: int | None = None) -> ImportedModel:
+    """Import a ``torch.export`` ExportedProgram (read from the file ``source``, or made in
+    memory: ``source`` then says what it was)."""
+    path = Path(source)
     user_inputs = program.graph_signature.user_inputs
     if len(user_inputs) != 1:
         raise BadInputError(f"{path} takes {len(user_inputs)} inputs; tvmshuffle compiles "
@@ -169,8 +196,9 @@ def _load_pt2(path: Path, size: tuple[int, int] | None, batch: int | None) -> Im
                             "it with that batch")
     mod = _from_exported(program, str(path))
     dtype = str(value.dtype).replace("torch.", "")
-    return ImportedModel(path.stem, "pt2", str(path.resolve()), mod, user_inputs[0], shape,
-                         dtype, "torch", _torch_reference(program.module()))
+    kind = "pt2" if source.endswith(".pt2") else "program"
+    return ImportedModel(name, kind, source, mod, user_inputs[0], shape, dtype, "torch",
+                         _torch_reference(program.module()))
 
 
 _ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64"}
@@ -221,31 +249,43 @@ def _load_onnx(path: Path, size: tuple[int, int] | None, batch: int | None) -> I
         onnx.checker.check_model(model)
     except Exception as err:  # DecodeError, ValidationError, OSError
         raise BadInputError(f"{path} is not a valid ONNX model: {first_line(err)}") from err
-    name, shape, dtype = _onnx_input_shape(model.graph, path, size, batch)
+    return load_onnx_model(model, path.stem, str(path.resolve()), size, batch)
+
+
+def load_onnx_model(model, name: str, source: str, size: tuple[int, int] | None = None,
+                    batch: int | None = None) -> ImportedModel:
+    """Import an ``onnx.ModelProto`` (read from ``source``, or made in memory); its reference
+    is ONNX Runtime on the same model."""
+    path = Path(source)
+    input_name, shape, dtype = _onnx_input_shape(model.graph, path, size, batch)
     from tvm.relax.frontend.onnx import from_onnx
 
     try:
-        mod = from_onnx(model, shape_dict={name: list(shape)}, dtype_dict={name: dtype})
+        mod = from_onnx(model, shape_dict={input_name: list(shape)},
+                        dtype_dict={input_name: dtype})
     except tvm.error.OpNotImplemented as err:
         ops = str(err).split(":", 1)[-1].strip().splitlines()[0]
         raise ImportFailedError(f"{path} uses ONNX operator(s) TVM cannot import: {ops}") from err
     except Exception as err:
         raise ImportFailedError(f"TVM cannot import {path}: {first_line(err)}") from err
-    return ImportedModel(path.stem, "onnx", str(path.resolve()), mod, name, shape, dtype,
-                         "onnxruntime", _onnxruntime_reference(path, name))
+    reference = _onnxruntime_reference(path if source.endswith(".onnx")
+                                        else model.SerializeToString(), input_name)
+    return ImportedModel(name, "onnx", source, mod, input_name, shape, dtype, "onnxruntime",
+                         reference)
 
 
-def onnxruntime_session(path: Path, threads: int = 1):
+def onnxruntime_session(path: Path | bytes, threads: int = 1):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def _onnxruntime_reference(path: Path, input_name: str) -> Reference:
+def _onnxruntime_reference(path: Path | bytes, input_name: str) -> Reference:
     def run(x: np.ndarray) -> list[np.ndarray]:
         return list(onnxruntime_session(path).run(None, {input_name: x}))
 

@@ -43,3 +43,8 @@ __all__ = [
     "measure_untuned", "plan", "refine", "remeasure", "seed_defaults", "select", "tasks_of",
     "tune", "tune_tasks",
 ]
+
+
+from .._callable import make_callable  # noqa: E402 - tvmshuffle.tune(...) is api.tune
+
+make_callable(__name__)
