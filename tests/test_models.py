@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -105,3 +107,21 @@ def test_unknown_model_lists_close_matches():
     """A misspelt name says what was meant."""
     with pytest.raises(BadInputError, match="did you mean shufflenet_v1_g3_1.0x"):
         models.lookup("shufflenet_g3_1.0x")
+
+
+def test_the_zoo_listing_is_counted_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    """`tvmshuffle models` counts the zoo once per version of the code, then reads it (no
+    PyTorch import); a damaged cache entry is counted again and rewritten."""
+    from tvmshuffle import cachedir, zoo_facts
+
+    monkeypatch.setenv(cachedir.CACHE_ENV, str(tmp_path))
+    count = zoo_facts._count
+    first = zoo_facts.rows()
+    assert {row["name"] for row in first} == set(models.model_names())
+    monkeypatch.setattr(zoo_facts, "_count", lambda: pytest.fail("counted again"))
+    assert zoo_facts.rows() == first
+    entry = next((tmp_path / "zoo").glob("*.json"))
+    entry.write_text('[{"name": "alex')
+    monkeypatch.setattr(zoo_facts, "_count", count)
+    assert zoo_facts.rows() == first
+    assert json.loads(entry.read_text()) == first

@@ -164,20 +164,12 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 def models(pattern: str | None, as_json: bool) -> None:
     """List the model zoo (optionally names matching PATTERN, e.g. 'shufflenet*g3*') with
     FLOPs at 224x224 and parameter counts. Weights are random with a fixed seed."""
-    from . import flops, report
-    from . import models as zoo
+    from . import report, zoo_facts
 
-    names = [n for n in zoo.model_names() if pattern is None or fnmatch.fnmatch(n, pattern)]
-    if not names:
+    rows = [row for row in zoo_facts.rows()
+            if pattern is None or fnmatch.fnmatch(row["name"], pattern)]
+    if not rows:
         raise BadInputError(f"no zoo model matches '{pattern}'")
-    rows = []
-    # counted from the layers' shapes (as `flops` counts the imported module: the same numbers,
-    # tests/test_models.py), no import through torch.export: the whole zoo in ~13 s, not ~60
-    for name in names:
-        model = zoo.shape_only(name)
-        rows.append({"name": name, "family": zoo.ZOO[name].family,
-                     "mflops": round(flops.count_module(model, (1, 3, 224, 224)).mflops, 3),
-                     "params": zoo.parameter_count(model)})
     report.emit_json(rows) if as_json else report.models_table(rows)
 
 

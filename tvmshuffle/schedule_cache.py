@@ -31,21 +31,12 @@ import tvm
 import tvm_ffi
 
 from . import defaults, tiles
+from .cachedir import CACHE_ENV, cache_root  # noqa: F401 - CACHE_ENV: conftest sets it
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "TVMSHUFFLE_CACHE_DIR"
 _FORMAT = 1
 _memory: dict[str, defaults.Default | None] = {}
-
-
-def cache_root() -> Path:
-    """The user's cache folder for tvmshuffle."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("tvmshuffle", appauthor=False))
 
 
 @functools.cache
