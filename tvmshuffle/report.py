@@ -506,6 +506,22 @@ def write_compare(report_dir, data: dict) -> None:
     _plot(data, report_dir / "speedup.png")
 
 
+def _family_and_points(ax, points, marker, colour, line, label, label_points, alpha=1.0):
+    """The ShuffleNet models of ``points`` (flops, ms, model) as one line, the others as
+    unjoined markers, named beside them when ``label_points``."""
+    family = sorted((x, y) for x, y, model in points if model.startswith("shufflenet"))
+    others = sorted((x, y, model) for x, y, model in points if not model.startswith("shufflenet"))
+    if family:
+        ax.plot(*zip(*family), marker=marker, color=colour, linestyle=line, alpha=alpha,
+                label=f"{label} (ShuffleNet)")
+    for i, (x, y, model) in enumerate(others):
+        ax.plot([x], [y], marker=marker, color=colour, linestyle="none", alpha=alpha,
+                label=label if not family and i == 0 else None)
+        if label_points:
+            ax.annotate(model, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                        color=colour)
+
+
 def _plot(data: dict, path) -> None:
     import matplotlib
 
@@ -519,29 +535,31 @@ def _plot(data: dict, path) -> None:
     for row in data["rows"]:
         flops = row["mflops"]
         if row["latency_ms"]:
-            series.setdefault(("tvmshuffle", row["size"]), []).append((flops, row["latency_ms"]))
+            series.setdefault(("tvmshuffle", row["size"]), []).append(
+                (flops, row["latency_ms"], row["model"]))
         for engine, ms_value in (row["peers_ms"] or {}).items():
-            series.setdefault((f"{engine} (host)", row["size"]), []).append((flops, ms_value))
-    # colour and marker name the engine, the line style the input size
+            series.setdefault((f"{engine} (host)", row["size"]), []).append(
+                (flops, ms_value, row["model"]))
+    # colour and marker name the engine, the line style the input size; the ShuffleNet family
+    # is a line, other models (MobileNet, AlexNet, a user's) are points labelled by name
     styles = {"tvmshuffle": ("o", "C3"), "torch (host)": ("s", "C0"),
               "onnxruntime (host)": ("^", "C2")}
     dashes = {}
     for (engine, size), points in sorted(series.items()):
-        points.sort()
         marker, colour = styles.get(engine, ("x", "C7"))
         line = dashes.setdefault(size, ("-", "--", "-.", ":")[len(dashes) % 4])
-        ax.plot(*zip(*points), marker=marker, color=colour, linestyle=line,
-                label=f"{engine} {size}")
+        _family_and_points(ax, points, marker, colour, line, f"{engine} {size}",
+                           label_points=engine == "tvmshuffle")
     # the paper's phone, at the FLOPs we count for the same model and size (ours reproduce
     # the paper's at 224x224)
     counted = {(r["model"], r["size"]): r["mflops"] for r in data["rows"]}
     for size in compare.DEFAULT_SIZES:
-        points = sorted((counted[(model, _size(size))], by_size[size])
-                        for model, (_, by_size) in compare.PAPER_SD820_MS.items()
-                        if (model, _size(size)) in counted)
+        points = [(counted[(model, _size(size))], by_size[size], model)
+                  for model, (_, by_size) in compare.PAPER_SD820_MS.items()
+                  if (model, _size(size)) in counted]
         if points:
-            ax.plot(*zip(*points), linestyle=":", marker="*", color="grey", alpha=0.6,
-                    label=f"paper SD820 {_size(size)}")
+            _family_and_points(ax, points, "*", "grey", ":", f"paper SD820 {_size(size)}",
+                               label_points=False, alpha=0.6)
     measured = [(r["mflops"], r["latency_ms"]) for r in data["rows"] if r["latency_ms"]]
     if measured:
         x0, y0 = min(measured)
