@@ -157,8 +157,8 @@ def test_a_cell_lost_on_the_device_is_marked_and_the_others_finish(tmp_path, mon
 
 
 def test_the_plot_joins_the_shufflenet_family_and_names_the_other_models():
-    """One line through the ShuffleNet models; MobileNet and AlexNet are points with their
-    names, not joined to them as if they were one family."""
+    """A line through each ShuffleNet family (v1 g3, v2); MobileNet and AlexNet are points with
+    their names, not joined to them as if they were one family."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,10 +169,14 @@ def test_the_plot_joins_the_shufflenet_family_and_names_the_other_models():
     fig, ax = plt.subplots()
     report._family_and_points(ax, [(38, 6.0, "shufflenet_v1_g3_0.5x"), (714, 100.0, "alexnet"),
                                    (137, 9.0, "shufflenet_v1_g3_1.0x"),
+                                   (41, 5.0, "shufflenet_v2_0.5x"),
+                                   (146, 8.0, "shufflenet_v2_1.0x"),
                                    (569, 30.0, "mobilenet_v1_1.0")],
                               "o", "C3", "-", "tvmshuffle 224x224", label_points=True)
     lines = ax.get_lines()
-    assert [list(line.get_xdata()) for line in lines] == [[38, 137], [569], [714]]
-    assert [line.get_linestyle() for line in lines] == ["-", "None", "None"]
+    assert [list(line.get_xdata()) for line in lines] == [[38, 137], [41, 146], [569], [714]]
+    assert [line.get_linestyle() for line in lines] == ["-", "-", "None", "None"]
+    assert [line.get_label() for line in lines[:2]] == [
+        "tvmshuffle 224x224 (ShuffleNet v1 g3)", "tvmshuffle 224x224 (ShuffleNet v2)"]
     assert sorted(text.get_text() for text in ax.texts) == ["alexnet", "mobilenet_v1_1.0"]
     plt.close(fig)

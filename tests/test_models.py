@@ -36,6 +36,35 @@ def test_baseline_flops_match_paper(name, paper):
     assert mflops(name) == pytest.approx(paper, rel=0.03)
 
 
+@pytest.mark.parametrize("scale,paper", [(0.5, 41), (1.0, 146), (1.5, 299), (2.0, 591)])
+def test_shufflenet_v2_flops_match_table_5(scale, paper):
+    """ShuffleNet v2 s x complexity is Table 5 of the v2 paper's within 3%."""
+    assert mflops(f"shufflenet_v2_{scale}x") == pytest.approx(paper, rel=0.03)
+
+
+def test_shufflenet_v2_structure_follows_table_5():
+    """Stage widths 116/232/464 at 1x, repeats 4/8/4 with stride-2 first units whose two
+    branches each give half the output, stride-1 units that split off half the channels
+    untouched, conv5 of 1024 filters; outputs of order one."""
+    net = models.build("shufflenet_v2_1.0x")
+    units = list(net.stages)
+    assert [u.stride for u in units] == [2, 1, 1, 1, 2] + [1] * 7 + [2, 1, 1, 1]
+    for unit, width in zip(units, [116] * 4 + [232] * 8 + [464] * 4):
+        assert unit.branch2[-1][0].out_channels == width // 2
+        assert unit.branch2[1][0].groups == width // 2, "a depthwise 3x3 in the branch"
+        if unit.stride == 1:
+            assert unit.branch2[0][0].in_channels == width // 2, "the branch sees half"
+            assert not hasattr(unit, "branch1")
+        else:
+            assert unit.branch1[-1][0].out_channels == width // 2
+    assert net.conv5[0].out_channels == 1024 and net.fc.in_features == 1024
+    assert models.build("shufflenet_v2_2.0x").conv5[0].out_channels == 2048
+    x = torch.from_numpy(frontends.fixed_input((1, 3, 224, 224)))
+    with torch.no_grad():
+        y = net(x)
+    assert 0.1 < float(y.std()) < 100
+
+
 @pytest.mark.parametrize("name", ["shufflenet_v1_g8_0.25x", "mobilenet_v1_0.25"])
 def test_layer_shapes_count_what_the_imported_module_counts(name):
     """`models` counts a zoo model from its layers' shapes on the meta device (no import):

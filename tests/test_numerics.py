@@ -13,7 +13,8 @@ pytestmark = pytest.mark.slow
 # ShuffleNet 0.5x at 224x224 with default schedules took 193 s); the Table 8 size is built by
 # `compare` and the benchmarks
 CASES = [("shufflenet_v1_g3_0.5x", (64, 64)), ("shufflenet_v1_g8_0.5x", (64, 64)),
-         ("mobilenet_v1_0.25", (64, 64)), ("alexnet", (96, 96))]
+         ("mobilenet_v1_0.25", (64, 64)), ("alexnet", (96, 96)),
+         ("shufflenet_v2_0.5x", (64, 64))]
 
 
 @pytest.mark.parametrize("name,size", CASES)

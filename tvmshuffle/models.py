@@ -1,4 +1,5 @@
-"""Model zoo: ShuffleNet v1, MobileNet v1 and AlexNet in PyTorch, written from their papers.
+"""Model zoo: ShuffleNet v1 and v2, MobileNet v1 and AlexNet in PyTorch, written from their
+papers.
 
 Weights are random with a fixed seed (nothing is downloaded); a user may load a state_dict.
 Initialisation keeps activations of order one through the depth of every network, so that a
@@ -23,6 +24,10 @@ SHUFFLENET_STAGE2_CHANNELS = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
 SHUFFLENET_REPEATS = (4, 8, 4)
 SHUFFLENET_SCALES = (0.25, 0.5, 1.0, 1.5, 2.0)
 MOBILENET_WIDTHS = (0.25, 0.5, 0.75, 1.0)
+# Table 5 of the ShuffleNet V2 paper (Ma et al. 2018): stage 2-4 output channels per scale
+# (stage repeats 4/8/4, conv5 1024 filters, 2048 for 2x)
+SHUFFLENET_V2_CHANNELS = {0.5: (48, 96, 192), 1.0: (116, 232, 464), 1.5: (176, 352, 704),
+                          2.0: (244, 488, 976)}
 DEFAULT_SEED = 0
 
 
@@ -110,6 +115,59 @@ class ShuffleNetV1(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
+class ShuffleV2Unit(nn.Module):
+    """One ShuffleNet v2 unit (Figure 3 c/d of the v2 paper), written as public code writes it:
+    a stride-1 unit splits the channels in halves (``chunk``), passes the first through and
+    transforms the second; a stride-2 unit transforms the input in both branches; the halves
+    are concatenated and shuffled with two groups."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        half = cout // 2
+        if stride == 2:
+            self.branch1 = nn.Sequential(_conv_bn(cin, cin, 3, stride=2, groups=cin, relu=False),
+                                         _conv_bn(cin, half, 1))
+        branch_in = cin if stride == 2 else half
+        self.branch2 = nn.Sequential(_conv_bn(branch_in, half, 1),
+                                     _conv_bn(half, half, 3, stride=stride, groups=half,
+                                              relu=False),
+                                     _conv_bn(half, half, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            left, right = x.chunk(2, dim=1)
+            out = torch.cat([left, self.branch2(right)], dim=1)
+        else:
+            out = torch.cat([self.branch1(x), self.branch2(x)], dim=1)
+        return channel_shuffle(out, 2)
+
+
+class ShuffleNetV2(nn.Module):
+    """ShuffleNet v2 per Table 5 of its paper: conv1 24 filters 3x3 stride 2, max pool, stages
+    of 4/8/4 units (the first of each stride 2), conv5 1x1, global pool, FC."""
+
+    def __init__(self, scale: float = 1.0, num_classes: int = 1000):
+        super().__init__()
+        self.conv1 = _conv_bn(3, 24, 3, stride=2)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        units: list[nn.Module] = []
+        cin = 24
+        for cout, repeat in zip(SHUFFLENET_V2_CHANNELS[scale], SHUFFLENET_REPEATS):
+            for i in range(repeat):
+                units.append(ShuffleV2Unit(cin if i == 0 else cout, cout, 2 if i == 0 else 1))
+            cin = cout
+        self.stages = nn.Sequential(*units)
+        conv5 = 2048 if scale == 2.0 else 1024
+        self.conv5 = _conv_bn(cin, conv5, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(conv5, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv5(self.stages(self.maxpool(self.conv1(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
 class MobileNetV1(nn.Module):
     """MobileNet v1 (Howard et al. 2017) with width multiplier alpha."""
 
@@ -179,6 +237,9 @@ def _zoo() -> dict[str, ZooEntry]:
         for scale in SHUFFLENET_SCALES:
             entries.append(ZooEntry(f"shufflenet_v1_g{groups}_{scale}x", "shufflenet_v1",
                                     lambda g=groups, s=scale: ShuffleNetV1(g, s), 32))
+    for scale in SHUFFLENET_V2_CHANNELS:
+        entries.append(ZooEntry(f"shufflenet_v2_{scale}x", "shufflenet_v2",
+                                lambda s=scale: ShuffleNetV2(s), 32))
     return {entry.name: entry for entry in entries}
 
 

@@ -10,6 +10,7 @@ import collections
 import contextlib
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -506,17 +507,32 @@ def write_compare(report_dir, data: dict) -> None:
     _plot(data, report_dir / "speedup.png")
 
 
+def _shufflenet_family(model: str) -> str | None:
+    """'ShuffleNet v1 g3' for shufflenet_v1_g3_1.0x, 'ShuffleNet v2' for shufflenet_v2_0.5x;
+    None for any other model."""
+    match = re.match(r"shufflenet_(v1)_(g\d+)_|shufflenet_(v2)_", model)
+    if match is None:
+        return None
+    return "ShuffleNet " + " ".join(part for part in match.groups() if part)
+
+
 def _family_and_points(ax, points, marker, colour, line, label, label_points, alpha=1.0):
-    """The ShuffleNet models of ``points`` (flops, ms, model) as one line, the others as
-    unjoined markers, named beside them when ``label_points``."""
-    family = sorted((x, y) for x, y, model in points if model.startswith("shufflenet"))
-    others = sorted((x, y, model) for x, y, model in points if not model.startswith("shufflenet"))
-    if family:
-        ax.plot(*zip(*family), marker=marker, color=colour, linestyle=line, alpha=alpha,
-                label=f"{label} (ShuffleNet)")
+    """Each ShuffleNet family of ``points`` (flops, ms, model) as a line (v1 with g groups, v2),
+    other models as unjoined markers, named beside them when ``label_points``."""
+    families: dict[str, list] = {}
+    others = []
+    for x, y, model in sorted(points):
+        family = _shufflenet_family(model)
+        if family is None:
+            others.append((x, y, model))
+        else:
+            families.setdefault(family, []).append((x, y))
+    for family, family_points in families.items():
+        ax.plot(*zip(*family_points), marker=marker, color=colour, linestyle=line, alpha=alpha,
+                label=f"{label} ({family})")
     for i, (x, y, model) in enumerate(others):
         ax.plot([x], [y], marker=marker, color=colour, linestyle="none", alpha=alpha,
-                label=label if not family and i == 0 else None)
+                label=label if not families and i == 0 else None)
         if label_points:
             ax.annotate(model, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
                         color=colour)
