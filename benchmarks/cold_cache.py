@@ -25,7 +25,7 @@ import tvm
 from rich.console import Console
 from rich.table import Table
 
-from tvmshuffle import frontends, records, target, tune
+from tvmshuffle import frontends, places, records, target, tune
 
 CONV_KINDS = ("conv", "grouped", "depthwise")
 
@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=6, help="candidates timed per task")
     parser.add_argument("--out-db", type=Path, help="write the cold-ranked picks here")
     args = parser.parse_args()
+    args.db = places.readable(args.db)  # a shipped database is compressed
     from tvm.s_tir import meta_schedule as ms
 
     tc = target.resolve("host", threads=1)

@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tvmshuffle import frontends, records, target, taskdb, tune
+from tvmshuffle import frontends, places, records, target, taskdb, tune
 
 
 def _timed(work):
@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--models", default="shufflenet_v1_g3_0.5x,shufflenet_v1_g3_1.0x,alexnet")
     parser.add_argument("--size", default="224x224")
     args = parser.parse_args()
+    args.db = places.readable(args.db)  # a shipped database is compressed
     config = target.resolve("host", threads=1)
     full, all_secs = _timed(lambda: records.open_database(args.db))
     total = len(full.get_all_tuning_records())

@@ -38,7 +38,7 @@ from pathlib import Path
 from cold_cache import time_both
 from rich.console import Console
 
-from tvmshuffle import frontends, records, target, taskdb, tune
+from tvmshuffle import frontends, places, records, target, taskdb, tune
 
 
 class _Traced:
@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--check", type=int, default=3)
     parser.add_argument("--commit", action="store_true", help="append winning picks to --db")
     args = parser.parse_args()
+    # a shipped database is compressed: read from its unpacked copy, never appended to
+    args.db = places.writable(args.db) if args.commit else places.readable(args.db)
     from tvm.s_tir import meta_schedule as ms
 
     console = Console(width=160)

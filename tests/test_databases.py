@@ -3,12 +3,13 @@ compile reads one."""
 
 from __future__ import annotations
 
+import lzma
 import os
 from pathlib import Path
 
 import pytest
 from conftest import assert_one_line_error, invoke
-from tvmshuffle import places, records, target, taskdb, tune
+from tvmshuffle import cachedir, places, records, target, taskdb, tune
 from tvmshuffle.errors import DatabaseError
 
 
@@ -35,6 +36,43 @@ def shipped(tmp_path, monkeypatch):
     work.mkdir()
     monkeypatch.chdir(work)
     return root
+
+
+def test_a_compressed_shipped_database_is_unpacked_once_into_the_cache(shipped, tmp_path,
+                                                                      monkeypatch):
+    """`compact --compress` stores the large files as .xz; the shipped database is read from a
+    plain copy in the cache folder, made once per content (a second lookup reuses it, a changed
+    database gets a new one); a damaged .xz is one DatabaseError."""
+    monkeypatch.setenv(cachedir.CACHE_ENV, str(tmp_path / "cache"))
+    db = shipped / "host-znver4"
+    db.mkdir()
+    lines = b'[0, [["trace"], [1e-05]]]\n'
+    (db / (records.RECORD_FILE + places.PACKED)).write_bytes(lzma.compress(lines))
+    (db / (records.WORKLOAD_FILE + places.PACKED)).write_bytes(lzma.compress(b"{}\n"))
+    (db / records.METHOD_FILE).write_text('{"prepack": false, "flush_caches": false}')
+    assert places.has_records(db)
+    first = places.shipped_db(_host("znver4"), "generic")
+    assert first.parent == tmp_path / "cache" / "shipped" and first != db
+    assert (first / records.RECORD_FILE).read_bytes() == lines
+    assert (first / records.METHOD_FILE).is_file()
+    stamp = (first / records.RECORD_FILE).stat().st_mtime_ns
+    assert places.shipped_db(_host("znver4"), "generic") == first
+    assert (first / records.RECORD_FILE).stat().st_mtime_ns == stamp
+    (db / (records.RECORD_FILE + places.PACKED)).write_bytes(lzma.compress(lines * 2))
+    second = places.shipped_db(_host("znver4"), "generic")
+    assert second != first and (second / records.RECORD_FILE).read_bytes() == lines * 2
+    # --db naming it: compile reads the unpacked copy, tune and pick refuse to append to it
+    from tvmshuffle import export, picks
+
+    assert export.CompileConfig(_host("znver4"), db=db).db == second
+    result = invoke("tune", "shufflenet_v1_g3_0.25x", "--db", str(db), "--trials", "2")
+    assert_one_line_error(result, "compressed shipped database, read-only", exit_code=2)
+    with pytest.raises(places.BadInputError, match="read-only"):
+        picks.PickConfig(_host("znver4"), db)
+    (db / (records.RECORD_FILE + places.PACKED)).write_bytes(b"not xz")
+    with pytest.raises(DatabaseError, match="cannot unpack the shipped database"):
+        places.shipped_db(_host("znver4"), "generic")
+    assert not [p for p in first.parent.iterdir() if p.name.startswith(".")], "no half copy"
 
 
 def test_a_host_cpu_uses_its_own_shipped_database_first(shipped):
@@ -363,7 +401,7 @@ def test_a_wheel_carries_the_shipped_databases_and_finds_them_without_a_checkout
     """`pip wheel` of the repository holds its schedules/ as package data; installed (here into
     a folder of its own, the dependencies taken from this environment) and run from a folder
     that is no checkout, it applies them: an AVX-512 host the Zen 5 database, an AVX2 one the
-    Zen 3 one, both inside the installed package."""
+    Zen 3 one, both from the installed package, unpacked into the cache folder."""
     import json
     import subprocess
     import sys
@@ -376,8 +414,7 @@ def test_a_wheel_carries_the_shipped_databases_and_finds_them_without_a_checkout
     site = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
                    check=True, timeout=600, capture_output=True)
-    shipped = sorted(d.name for d in (repo / "schedules").iterdir()
-                     if (d / records.RECORD_FILE).exists())
+    shipped = sorted(d.name for d in (repo / "schedules").iterdir() if places.has_records(d))
     code = (
         "import json\n"
         "from tvmshuffle import places, target\n"
@@ -390,7 +427,8 @@ def test_a_wheel_carries_the_shipped_databases_and_finds_them_without_a_checkout
         "    'avx512': str(places.shipped_db(host('skylake-avx512'), 'generic')),\n"
         "    'avx2': str(places.shipped_db(host('haswell'), 'generic'))}))\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(PYTHONPATH=str(site), **{places.HOME_ENV: str(tmp_path / "home")})
+    env.update(PYTHONPATH=str(site), **{places.HOME_ENV: str(tmp_path / "home"),
+                                        cachedir.CACHE_ENV: str(tmp_path / "cache")})
     work = tmp_path / "work"
     work.mkdir()
     found = json.loads(subprocess.run([sys.executable, "-c", code], cwd=work, env=env,
@@ -398,7 +436,10 @@ def test_a_wheel_carries_the_shipped_databases_and_finds_them_without_a_checkout
                                       text=True).stdout)
     assert found["root"] == str(site / "tvmshuffle" / "schedules")
     assert found["folders"] == shipped
-    if "host-znver5" in shipped:
-        assert found["avx512"] == str(site / "tvmshuffle" / "schedules" / "host-znver5")
-    if "host-znver3" in shipped:
-        assert found["avx2"] == str(site / "tvmshuffle" / "schedules" / "host-znver3")
+    # compressed in the package, unpacked once into the cache folder
+    for key, name in (("avx512", "host-znver5"), ("avx2", "host-znver3")):
+        if name in shipped:
+            unpacked = Path(found[key])
+            assert unpacked.parent == tmp_path / "cache" / "shipped"
+            assert unpacked.name.startswith(f"{name}-")
+            assert (unpacked / records.RECORD_FILE).stat().st_size > 0

@@ -10,7 +10,10 @@ records it dropped to TRIALS_FILE: a tune counts those as trials already spent (
 resuming a compacted database spends no more than resuming the full one. Workloads left with
 no record are dropped; the method and picks files are copied.
 
-    python -m tvmshuffle.compact SRC DST [--keep 4]
+    python -m tvmshuffle.compact SRC DST [--keep 4] [--compress]
+
+``--compress`` then stores the workload and record files as ``.xz`` (how the shipped
+databases are kept: ``places.unpacked`` decompresses them once into the cache folder).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import lzma
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +51,11 @@ def _ran(fields) -> float | None:
 
 
 def compact(src: Path, dst: Path, keep: int = KEEP) -> Summary:
-    """Write the compact copy of ``src`` to ``dst`` (a new or empty folder)."""
+    """Write the compact copy of ``src`` (compressed or not) to ``dst`` (a new or empty
+    folder), uncompressed."""
+    from .places import unpacked
+
+    src = unpacked(src)
     if dst.exists() and any(dst.iterdir()):
         raise FileExistsError(f"{dst} is not empty")
     dst.mkdir(parents=True, exist_ok=True)
@@ -108,13 +116,29 @@ def compact(src: Path, dst: Path, keep: int = KEEP) -> Summary:
                    (len(records), sum(len(v) for v in kept.values())), (size(src), size(dst)))
 
 
+def compress(db_dir: Path) -> None:
+    """Replace the workload and record files of ``db_dir`` by their ``.xz`` (deterministic:
+    the same database gives the same bytes)."""
+    from .places import PACKED
+
+    for name in (WORKLOAD_FILE, RECORD_FILE):
+        plain = db_dir / name
+        if plain.is_file():
+            (db_dir / (name + PACKED)).write_bytes(lzma.compress(plain.read_bytes(), preset=9))
+            plain.unlink()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("src", type=Path)
     parser.add_argument("dst", type=Path)
     parser.add_argument("--keep", type=int, default=KEEP)
+    parser.add_argument("--compress", action="store_true",
+                        help="store the workload and record files as .xz (shipped databases)")
     args = parser.parse_args()
     summary = compact(args.src, args.dst, args.keep)
+    if args.compress:
+        compress(args.dst)
     print(f"workloads {summary.workloads[0]} -> {summary.workloads[1]}, records "
           f"{summary.records[0]} -> {summary.records[1]}, "
           f"{summary.bytes[0] / 1e6:.1f} -> {summary.bytes[1] / 1e6:.1f} MB")

@@ -52,6 +52,15 @@ class CompileConfig:
     # user's); only those whose records were made with the same method
     fallback_dbs: tuple[Path, ...] = ()
 
+    def __post_init__(self):
+        from . import places
+
+        # a compressed (shipped) database is read from its unpacked copy
+        if self.db is not None:
+            object.__setattr__(self, "db", places.readable(Path(self.db)))
+        object.__setattr__(self, "fallback_dbs",
+                           tuple(places.readable(Path(db)) for db in self.fallback_dbs))
+
     def linker(self) -> toolchain.Toolchain:
         """The toolchain that links the library; BuildError saying what to install if none."""
         return toolchain.find(self.target, self.android_api)

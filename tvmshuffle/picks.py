@@ -53,6 +53,11 @@ class PickConfig:
     runs: int = 200  # instrumented inferences of each build (an inference costs ms, a build s)
     checks: int = 5  # whole-network timings of the picks against the current schedules
 
+    def __post_init__(self):
+        from . import places
+
+        places.writable(Path(self.db_dir))  # picks are appended to it
+
 
 @dataclass
 class KernelChoice:

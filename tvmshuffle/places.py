@@ -2,7 +2,9 @@
 
 * **Shipped** databases come with the package: in a wheel or a plain ``pip install .`` they
   are package data (``tvmshuffle/schedules/``, built from the repository's ``schedules/``); in a
-  source checkout they are its ``schedules/``. They are never written to.
+  source checkout they are its ``schedules/``. They are never written to. Their large files
+  are compressed (``.xz``) and unpacked once into the cache folder (``unpacked``), which is
+  the path commands read and name.
 * **The user's own** are in ``$TVMSHUFFLE_HOME/schedules/``, else in the platform's user data
   folder (``platformdirs``: ``~/.local/share/tvmshuffle/schedules/`` on Linux): ``tune`` and
   ``compare --tune-trials`` append there, whatever folder they are run from.
@@ -21,12 +23,18 @@ no longer read unless given with ``--db``, and commands say so when they find on
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
+import lzma
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import tvm
 
+from .cachedir import cache_root
+from .errors import BadInputError, DatabaseError
 from .records import RECORD_FILE
 from .target import TargetConfig
 
@@ -56,8 +64,52 @@ def user_root() -> Path:
     return platformdirs.user_data_path("tvmshuffle") / "schedules"
 
 
+# The shipped databases' large files are stored compressed (``compact --compress``: 34 MB of
+# JSON in 0.4 MB) and unpacked once into the cache folder, where every reader finds plain files.
+PACKED = ".xz"
+
+
 def has_records(db_dir: Path | None) -> bool:
-    return db_dir is not None and (db_dir / RECORD_FILE).is_file()
+    return db_dir is not None and ((db_dir / RECORD_FILE).is_file()
+                                   or (db_dir / (RECORD_FILE + PACKED)).is_file())
+
+
+def unpacked(db_dir: Path) -> Path:
+    """``db_dir`` with its compressed files decompressed: a folder of plain files in the cache
+    folder, made once per content (a folder per digest of the compressed files, written whole
+    and renamed into place, so that two processes never see half of one); ``db_dir`` itself
+    when nothing in it is compressed."""
+    packed = sorted(db_dir.glob("*" + PACKED))
+    if not packed:
+        return db_dir
+    digest = hashlib.sha256()
+    for path in packed:
+        digest.update(path.name.encode() + path.read_bytes())
+    name = f"{db_dir.name}-{digest.hexdigest()[:16]}"
+    try:
+        parent = cache_root() / "shipped"
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only cache folder
+        parent = Path(tempfile.gettempdir()) / f"tvmshuffle-{os.getuid()}-shipped"
+        parent.mkdir(parents=True, exist_ok=True)
+    dest = parent / name
+    if (dest / RECORD_FILE).is_file():
+        return dest
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}-"))
+    try:
+        for item in db_dir.iterdir():
+            if item.name.endswith(PACKED):
+                (tmp / item.name[:-len(PACKED)]).write_bytes(lzma.decompress(item.read_bytes()))
+            elif item.is_file():
+                shutil.copyfile(item, tmp / item.name)
+        os.replace(tmp, dest)
+    except (OSError, lzma.LZMAError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (dest / RECORD_FILE).is_file():  # another process unpacked it first
+            return dest
+        raise DatabaseError(f"cannot unpack the shipped database {db_dir}: {err}") from err
+    log.info("unpacked %s into %s", db_dir, dest)
+    return dest
 
 
 # The widest vector ISA a host CPU has, as LLVM names its features: CPUs with the same one share
@@ -101,19 +153,34 @@ def host_cpu_siblings(mtriple: str, mcpu: str, root: Path) -> list[str]:
     return sorted(name for name in names - {mcpu} if vector_isa(mtriple, name) == isa)
 
 
+def readable(db_dir: Path) -> Path:
+    """A database to read records from (``compile --db``, seeds): a compressed one unpacked."""
+    return unpacked(db_dir) if any(db_dir.glob("*" + PACKED)) else db_dir
+
+
+def writable(db_dir: Path) -> Path:
+    """A database to append to (``tune --db``, ``pick --db``): never a compressed one, whose
+    unpacked copy is the cache's."""
+    if any(db_dir.glob("*" + PACKED)):
+        raise BadInputError(f"{db_dir} is a compressed shipped database, read-only: tune into "
+                            "your own (no --db), or into a copy unpacked with `python -m "
+                            f"tvmshuffle.compact {db_dir} NEW_DIR`")
+    return db_dir
+
+
 def shipped_db(target: TargetConfig, device: str) -> Path | None:
     """The shipped database for ``target``: its own, else (a host CPU) that of a CPU with the
-    same vector ISA; None if none holds records."""
+    same vector ISA, unpacked; None if none holds records."""
     root = shipped_root()
     own = root / db_name(target, device)
     if has_records(own):
-        return own
+        return unpacked(own)
     if target.name != "host":
         return None
     spec = dict(target.spec)
     siblings = host_cpu_siblings(spec.get("mtriple", "x86_64-unknown-linux-gnu"),
                                  spec.get("mcpu", "generic"), root)
-    return root / f"host-{siblings[0]}" if siblings else None
+    return unpacked(root / f"host-{siblings[0]}") if siblings else None
 
 
 def user_db(target: TargetConfig, device: str) -> Path:

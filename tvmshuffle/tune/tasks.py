@@ -46,6 +46,13 @@ class TuneConfig:
     # counted, the other CPUs' schedules among them re-timed here
     seed_dbs: tuple[Path, ...] = ()
 
+    def __post_init__(self):
+        from .. import places
+
+        places.writable(Path(self.db_dir))
+        object.__setattr__(self, "seed_dbs",
+                           tuple(places.readable(Path(db)) for db in self.seed_dbs))
+
 
 @dataclass(frozen=True)
 class Task:
