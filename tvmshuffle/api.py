@@ -63,8 +63,8 @@ def load(model: Any, input_size: tuple[int, int] | int | str | None = None, *,
     if state_dict is not None:
         raise BadInputError("state_dict applies to zoo models: load weights into your module "
                             "before passing it")
-    kind = type(model).__module__.split(".")[0], type(model).__name__
-    if kind == ("onnx", "ModelProto") or type(model).__name__ == "ModelProto":
+    # recognised by type name: neither onnx nor torch is imported for the other kinds
+    if type(model).__name__ == "ModelProto":
         return frontends.load_onnx_model(model, name or model.graph.name or "onnx_model",
                                          f"<onnx.ModelProto {model.graph.name}>", size, batch)
     if type(model).__name__ == "ExportedProgram":

@@ -196,7 +196,7 @@ def load_program(program, name: str, source: str, size: tuple[int, int] | None =
                             "it with that batch")
     mod = _from_exported(program, str(path))
     dtype = str(value.dtype).replace("torch.", "")
-    kind = "pt2" if source.endswith(".pt2") else "program"
+    kind = "pt2" if source.lower().endswith(".pt2") else "program"
     return ImportedModel(name, kind, source, mod, user_inputs[0], shape, dtype, "torch",
                          _torch_reference(program.module()))
 
@@ -268,7 +268,7 @@ def load_onnx_model(model, name: str, source: str, size: tuple[int, int] | None 
         raise ImportFailedError(f"{path} uses ONNX operator(s) TVM cannot import: {ops}") from err
     except Exception as err:
         raise ImportFailedError(f"TVM cannot import {path}: {first_line(err)}") from err
-    reference = _onnxruntime_reference(path if source.endswith(".onnx")
+    reference = _onnxruntime_reference(path if source.lower().endswith(".onnx")
                                         else model.SerializeToString(), input_name)
     return ImportedModel(name, "onnx", source, mod, input_name, shape, dtype, "onnxruntime",
                          reference)
