@@ -24,7 +24,7 @@ DEFAULT_OPS = ("grouped", "depthwise")
 @dataclass(frozen=True)
 class TuneConfig:
     target: TargetConfig
-    db_dir: Path
+    db_dir: Path | None  # None: tasks are extracted, nothing is tuned
     trials: int = 64  # over all selected tasks
     trials_per_task: int | None = None  # default: trials spread evenly over the tasks
     ops: tuple[str, ...] = DEFAULT_OPS  # kinds of task to tune; ("all",) for every task
@@ -49,7 +49,8 @@ class TuneConfig:
     def __post_init__(self):
         from .. import places
 
-        places.writable(Path(self.db_dir))
+        if self.db_dir is not None:
+            places.writable(Path(self.db_dir))
         object.__setattr__(self, "seed_dbs",
                            tuple(places.readable(Path(db)) for db in self.seed_dbs))
 
