@@ -103,7 +103,11 @@ def small_tasks():
 
 
 def _run(mod, target_, args):
-    lib = tune.build_candidate(mod, target_, None)
+    """``mod`` built whole, with its weight layout rewrite (the tasks prepack their weights,
+    records.DEFAULT_METHOD) as a block of its own: it takes the weights as imported."""
+    from tvm.driver import build as tvm_build
+
+    lib = tvm_build(mod, target=target_)
     outs = [tvm.runtime.tensor(a) for a in args]
     lib[lib.entry_name](*outs)
     return outs[-1].numpy()
@@ -160,6 +164,10 @@ def test_compile_says_which_kernels_got_defaults(tmp_path):
     sources = list(with_defaults["schedules"].values())
     assert sources.count("default") >= 10 and "record" not in sources
     assert with_defaults["tuned_kernels"] == [] and with_defaults["default_schedules"]
+    # with no database the defaults read their weights prepacked, repacked at build time
+    assert with_defaults["prepacked_weights"] and not loops["prepacked_weights"]
+    kernels = json.loads((tmp_path / "default" / "manifest.json").read_text())["kernels"]
+    assert any(name.endswith("_prepacked") for name in kernels)
     assert set(loops["schedules"].values()) == {"tvm"} and not loops["default_schedules"]
 
 

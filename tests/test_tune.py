@@ -206,6 +206,9 @@ def test_a_database_holds_one_method(tmp_path):
     assert records.settle_method(tmp_path / "new") == records.DEFAULT_METHOD
     assert records.settle_method(tmp_path / "new", prepack=True) == records.Method(
         True, records.DEFAULT_METHOD.flush_caches)
+    # a new database takes the method of the one it starts from, whose records then seed it
+    assert records.settle_method(tmp_path / "new", start_from=(legacy,)) == \
+        records.LEGACY_METHOD != records.DEFAULT_METHOD
     result = invoke("tune", *MODEL, "--db", str(legacy), "--flush-caches")
     assert_one_line_error(result, "warm caches, not unpacked weights, flushed caches")
     assert not (legacy / records.METHOD_FILE).exists()

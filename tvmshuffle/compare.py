@@ -107,7 +107,8 @@ def measure_cell(imported: frontends.ImportedModel, name: str, size: tuple[int, 
             tune.tune(imported.mod, tune.TuneConfig(
                 config.target, config.db, config.tune_trials, ops=("all",),
                 timeout=float(config.tracker.session_timeout),
-                android_api=config.android_api, method=records.settle_method(config.db),
+                android_api=config.android_api, method=records.settle_method(
+                    config.db, start_from=config.other_dbs),
                 seed_dbs=config.other_dbs),
                 config.tracker, config.devices)
         manifest = export.build_artifact(

@@ -78,6 +78,7 @@ class Compiled:
     # each kernel that runs (not those the build makes views of): RECORD, DEFAULT or TVM_LOOPS
     schedules: dict[str, str] = field(default_factory=dict)
     fallback_dbs: tuple[Path, ...] = ()  # of CompileConfig's, those applied
+    prepacked: bool = False  # weights repacked at build time into the layouts kernels read
 
 
 def compile_module(mod: tvm.IRModule, config: CompileConfig) -> Compiled:
@@ -94,7 +95,8 @@ def compile_module(mod: tvm.IRModule, config: CompileConfig) -> Compiled:
         ranked = records.read_ranked(config.db, target)
         chosen, picked = records.choose(ranked, records.read_picks(config.db, target))
         method = records.database_method(config.db)
-    prepack = bool(method and method.prepack)
+    # the database's records decide; without one the default schedules prepack the weights
+    prepack = method.prepack if method is not None else records.DEFAULT_METHOD.prepack
     fused = pipeline.fuse(mod, target, prepack)
     # counted over this model's kernels that run (extracted in 12 ms for ShuffleNet 1x), as tune
     # counts them, not over the database's
@@ -126,7 +128,7 @@ def compile_module(mod: tvm.IRModule, config: CompileConfig) -> Compiled:
             sources[task.task_name] = TVM_LOOPS
     return Compiled(*build(lambda: pipeline.lower_fused(fused, target, database, prepack),
                            target), method, picks, dict(sorted(elsewhere.items())),
-                    dict(sorted(sources.items())), fallbacks)
+                    dict(sorted(sources.items())), fallbacks, prepack)
 
 
 def _fallbacks(config: CompileConfig, method: records.Method | None) -> list[Path]:
@@ -222,6 +224,7 @@ def write_artifact(out_dir: Path, compiled: Compiled, model: frontends.ImportedM
                    "tuned_kernels": sorted(k for k, s in compiled.schedules.items()
                                            if s == RECORD),
                    "default_schedules": config.default_schedules,
+                   "prepacked_weights": compiled.prepacked,
                    "schedules": compiled.schedules,
                    "picked_in_network": compiled.picks,
                    "measured_elsewhere": compiled.measured_elsewhere},

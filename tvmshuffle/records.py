@@ -57,10 +57,14 @@ class Method:
                 f"{'flushed' if self.flush_caches else 'warm'} caches")
 
 
-# MetaSchedule's own way. Prepacking with flushed caches measured level with it per minute of
-# tuning on this host (benchmarks/RESULTS.md), no better: an option, not the default.
-DEFAULT_METHOD = Method(prepack=False, flush_caches=False)
-LEGACY_METHOD = DEFAULT_METHOD  # records made before METHOD_FILE
+# Weights prepacked in the layout each schedule reads them in (MetaSchedule's layout rewrite),
+# timed warm. The default schedules with prepacked weights ran the five Table 8 models
+# 1.15-1.74x faster than with the weights as imported (benchmarks/RESULTS.md, session 20):
+# the FC layers and convolutions stream their weights instead of reading rows of a block down
+# a stride. Flushed caches measured level per minute of tuning, no better: an option.
+DEFAULT_METHOD = Method(prepack=True, flush_caches=False)
+# records made before METHOD_FILE: the weights as imported
+LEGACY_METHOD = Method(prepack=False, flush_caches=False)
 
 
 def _json_lines(path: Path) -> Iterator[tuple[bytes, object]]:
@@ -184,12 +188,14 @@ def database_method(db_dir: Path) -> Method | None:
 
 
 def settle_method(db_dir: Path, prepack: bool | None = None,
-                  flush_caches: bool | None = None) -> Method:
-    """The method to tune ``db_dir`` with: the database's own, or DEFAULT_METHOD for a new
-    one, with what the user asked (None: not asked). DatabaseError if that differs from the
-    method of the records already there."""
+                  flush_caches: bool | None = None, start_from: tuple[Path, ...] = ()) -> Method:
+    """The method to tune ``db_dir`` with: the database's own; for a new one that of the first
+    database it starts from (``start_from``: the shipped one, whose records then seed it), else
+    DEFAULT_METHOD; with what the user asked (None: not asked). DatabaseError if that differs
+    from the method of the records already there."""
     existing = database_method(db_dir)
-    base = existing or DEFAULT_METHOD
+    seeds = [method for method in map(database_method, start_from) if method is not None]
+    base = existing or (seeds[0] if seeds else DEFAULT_METHOD)
     method = Method(base.prepack if prepack is None else prepack,
                     base.flush_caches if flush_caches is None else flush_caches)
     if existing is not None and method != existing:
