@@ -9,7 +9,7 @@ from .errors import (BadInputError, BuildError, DatabaseError, DeviceError, Impo
 
 __version__ = "0.1.0"
 
-_API = ("Artifact", "Model", "compare", "compile", "deploy", "load", "tune")
+_API = ("Artifact", "Model", "compare", "compile", "deploy", "deployment", "load", "tune")
 __all__ = [*_API, "BadInputError", "BuildError", "DatabaseError", "DeviceError",
            "ImportFailedError", "NumericsError", "TvmShuffleError", "__version__"]
 

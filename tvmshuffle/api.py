@@ -30,7 +30,8 @@ from . import bench, export, frontends, places, target
 from .errors import BadInputError, NumericsError
 from .frontends import ImportedModel as Model
 
-__all__ = ["Artifact", "Model", "compare", "compile", "deploy", "load", "tune"]
+__all__ = ["Artifact", "Model", "compare", "compile", "deploy", "deployment", "load",
+           "tune"]
 
 
 def _size(input_size) -> tuple[int, int] | None:
@@ -88,8 +89,17 @@ def load(model: Any, input_size: tuple[int, int] | int | str | None = None, *,
                         "ExportedProgram, an onnx.ModelProto, a .pt2/.onnx path or a zoo name")
 
 
-def _model(model: Any) -> Model:
-    return model if isinstance(model, Model) else load(model)
+def _model(model: Any, input_size=None, batch: int | None = None,
+           state_dict: str | Path | None = None, show: bool = False) -> Model:
+    """``model`` itself if loaded already, else ``load`` of it (a spinner while it imports
+    when ``show``)."""
+    if isinstance(model, Model):
+        return model
+    from . import report
+
+    label = model if isinstance(model, (str, Path)) else type(model).__name__
+    with report.step(f"importing {label}", quiet=not show):
+        return load(model, input_size, batch=batch, state_dict=state_dict)
 
 
 @dataclass
@@ -166,13 +176,17 @@ def compile(model: Any, target_name: str = "host", *, device: str = "generic",
             db: str | Path | None = None, no_db: bool = False, default_schedules: bool = True,
             fuse_shuffle: bool = True, layout: str = "nhwgc", threads: int | None = None,
             android_api: int = 24, out_dir: str | Path | None = None,
-            dump_ir: bool = False) -> Artifact:
-    """Build ``model`` (a ``Model`` from ``load``, or anything ``load`` takes) for ``target_name``
-    (host, arm, arm-linux or a TVM target as JSON) as `tvmshuffle compile` does: with ``db``,
-    else the user's database and the shipped one for this CPU; ``no_db`` for the default
-    schedules alone. Written to ``out_dir``, or a new temporary folder (``Artifact.save``
-    keeps it)."""
-    imported = _model(model)
+            dump_ir: bool = False, input_size: tuple[int, int] | int | str | None = None,
+            batch: int | None = None, state_dict: str | Path | None = None,
+            show: bool = False) -> Artifact:
+    """Build ``model`` (a ``Model`` from ``load``, or anything ``load`` takes, with its
+    ``input_size``, ``batch`` and ``state_dict``) for ``target_name`` (host, arm, arm-linux or
+    a TVM target as JSON) as `tvmshuffle compile` does: with ``db``, else the user's database
+    and the shipped one for this CPU; ``no_db`` for the default schedules alone. Written to
+    ``out_dir``, or a new temporary folder (``Artifact.save`` keeps it). ``show``: progress on
+    stderr, as the command shows it."""
+    from . import report
+
     resolved = target.resolve(target_name, device, threads)
     fallbacks: tuple[Path, ...] = ()
     if db is None and not no_db:
@@ -180,8 +194,12 @@ def compile(model: Any, target_name: str = "host", *, device: str = "generic",
     config = export.CompileConfig(resolved, fuse_shuffle, layout.upper(),
                                   None if no_db else Path(db) if db else None, default_schedules,
                                   android_api, () if no_db else fallbacks)
-    out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="tvmshuffle-"))
-    export.build_artifact(imported, config, out, dump_ir)
+    config.linker()  # no linker for the target: say what to install before importing
+    out = export.prepare_out_dir(Path(out_dir)) if out_dir is not None \
+        else Path(tempfile.mkdtemp(prefix="tvmshuffle-"))
+    imported = _model(model, input_size, batch, state_dict, show)
+    with report.step(f"building for {config.target.name} into {out}", quiet=not show):
+        export.build_artifact(imported, config, out, dump_ir)
     return Artifact(out)
 
 
@@ -189,11 +207,15 @@ def tune(model: Any, target_name: str = "host", *, device: str = "generic",
          tracker: str | None = None, key: str | None = None, trials: int = 64,
          trials_per_task: int | None = None, ops: tuple[str, ...] = ("grouped", "depthwise"),
          db: str | Path | None = None, timeout: int = 60, patience: int = 64, refine: int = 0,
+         prepack: bool | None = None, flush_caches: bool | None = None,
          fuse_shuffle: bool = True, layout: str = "nhwgc", threads: int | None = None,
-         android_api: int = 24) -> dict:
+         android_api: int = 24, input_size: tuple[int, int] | int | str | None = None,
+         batch: int | None = None, show: bool = False) -> dict:
     """Tune ``model``'s kernels as `tvmshuffle tune` does (records appended to ``db``, else to
     the user's database), on the devices under ``key`` at ``tracker`` (host:port), or on this
-    CPU behind an embedded tracker; returns what `tune --json` prints."""
+    CPU behind an embedded tracker; ``prepack`` / ``flush_caches`` the method of a new database
+    (None: the database's own). Returns what `tune --json` prints. ``show``: progress on
+    stderr, as the command shows it."""
     import time
 
     from . import records, report, toolchain
@@ -201,39 +223,40 @@ def tune(model: Any, target_name: str = "host", *, device: str = "generic",
     from .devices import need_device, starting
 
     resolved = target.resolve(target_name, device, threads)
-    toolchain.find(resolved, android_api)
+    toolchain.find(resolved, android_api)  # candidates are linked like the final .so
     need_device(tracker, resolved)
-    kinds = tuple(ops)
+    kinds = tuple(k.strip() for k in ops if k.strip())
     unknown = [k for k in kinds if k not in (*tuning.OPS_CHOICES, "all")]
     if unknown or not kinds:
-        raise BadInputError(f"bad ops {kinds}: choose from {', '.join(tuning.OPS_CHOICES)} "
-                            "or all")
+        raise BadInputError(f"bad ops '{','.join(ops)}': choose from "
+                            f"{', '.join(tuning.OPS_CHOICES)} or all")
     seeds: tuple[Path, ...] = ()
     if db is None:
         db, seeds = places.tune_dbs(resolved, device)
     config = tuning.TuneConfig(resolved, Path(db), trials, trials_per_task, kinds,
                                float(timeout), fuse_shuffle, layout.upper(),
                                android_api=android_api, patience=patience or None,
-                               method=records.settle_method(Path(db)), refine=refine,
-                               seed_dbs=seeds)
+                               method=records.settle_method(Path(db), prepack, flush_caches,
+                                                            seeds),
+                               refine=refine, seed_dbs=seeds)
     with contextlib.ExitStack() as stack:
-        devices_up = starting(stack, tracker, key, resolved.num_cores, timeout, quiet=True)
-        imported = _model(model)
+        devices_up = starting(stack, tracker, key, resolved.num_cores, timeout, not show)
+        imported = _model(model, input_size, batch, show=show)
         start = time.perf_counter()
-        tasks = tuning.tasks_of(imported.mod, config)
+        with report.step("finding the kernels to tune", quiet=not show):
+            tasks = tuning.tasks_of(imported.mod, config)
         rpc, devices = devices_up()
-        with report.TuneProgress(quiet=True) as progress:
+        with report.TuneProgress(quiet=not show) as progress:
             results = tuning.tune_tasks(tasks, config, rpc, devices, progress)
     return report.tune_json(results, config, rpc.address, rpc.key, time.perf_counter() - start)
 
 
-def deploy(artifact: Artifact | str | Path, *, tracker: str | None = None,
-           key: str | None = None, threads: int | None = None, repeat: int = 10,
-           number: int = 1, tolerance: float = bench.DEFAULT_TOLERANCE, wait: int = 60,
-           timeout: int = 600, emulated: bool | None = None) -> dict:
-    """Upload an artifact (or its folder) to a device over TVM RPC, check its numerics and time
-    it there (`tvmshuffle deploy`); without ``tracker``, this CPU behind an embedded tracker.
-    Returns what `deploy --json` prints."""
+def deployment(artifact: Artifact | str | Path, *, tracker: str | None = None,
+               key: str | None = None, threads: int | None = None, repeat: int = 10,
+               number: int = 1, tolerance: float = bench.DEFAULT_TOLERANCE, wait: int = 60,
+               timeout: int = 600, emulated: bool | None = None, show: bool = False):
+    """``deploy``'s whole result: (the artifact's manifest, ``deploy.Deployed``: the device,
+    the numerics and the timings there)."""
     from . import deploy as deploying
     from . import report
     from .devices import acquire
@@ -242,14 +265,29 @@ def deploy(artifact: Artifact | str | Path, *, tracker: str | None = None,
     loaded = bench.load_artifact(path)
     threads = threads or loaded.target.num_cores
     if not tracker and not loaded.target.runs_on_host:
-        raise BadInputError(f"{loaded.library} is built for {loaded.target.triple}; give the "
-                            "tracker and key of an ARM device (rpc/emu_arm64.sh runs an "
-                            "emulated one)")
+        raise BadInputError(f"{loaded.library} is built for {loaded.target.triple}; the "
+                            "embedded default device is this machine's CPU: give the tracker "
+                            "and key of an ARM device (--rpc-tracker, --rpc-key; "
+                            "rpc/emu_arm64.sh runs an emulated one)")
     config = deploying.DeployConfig(threads, repeat, number, tolerance, float(wait), emulated)
     with contextlib.ExitStack() as stack:
-        rpc, _ = acquire(stack, tracker, key, threads, timeout, quiet=True)
-        deployed = deploying.run_remote(loaded, rpc, config)
-    return report.deploy_json(loaded.manifest, deployed)
+        rpc, _ = acquire(stack, tracker, key, threads, timeout, not show)
+        with report.step(f"deploying to '{rpc.key}' at {rpc.address}", quiet=not show):
+            return loaded.manifest, deploying.run_remote(loaded, rpc, config)
+
+
+def deploy(artifact: Artifact | str | Path, *, tracker: str | None = None,
+           key: str | None = None, threads: int | None = None, repeat: int = 10,
+           number: int = 1, tolerance: float = bench.DEFAULT_TOLERANCE, wait: int = 60,
+           timeout: int = 600, emulated: bool | None = None, show: bool = False) -> dict:
+    """Upload an artifact (or its folder) to a device over TVM RPC, check its numerics and time
+    it there (`tvmshuffle deploy`); without ``tracker``, this CPU behind an embedded tracker.
+    Returns what `deploy --json` prints."""
+    from . import report
+
+    return report.deploy_json(*deployment(
+        artifact, tracker=tracker, key=key, threads=threads, repeat=repeat, number=number,
+        tolerance=tolerance, wait=wait, timeout=timeout, emulated=emulated, show=show))
 
 
 def compare(models: tuple[str, ...] | None = None,
@@ -258,11 +296,13 @@ def compare(models: tuple[str, ...] | None = None,
             db: str | Path | None = None, tune_trials: int = 0,
             baselines: tuple[str, ...] = ("torch", "onnxruntime"), threads: int | None = None,
             repeat: int = 10, timeout: int = 600, android_api: int = 24,
-            emulated: bool | None = None, report_dir: str | Path | None = None) -> dict:
+            emulated: bool | None = None, report_dir: str | Path | None = None,
+            show: bool = False) -> dict:
     """The paper's Table 8 on a device (`tvmshuffle compare`): FLOPs against measured latency
     for ``models`` (zoo names or files; the Table 8 five by default) at ``sizes``, beside the
     host peers; returns what `compare --json` prints, and writes the report (report.md,
-    report.json, speedup.png) into ``report_dir`` when given."""
+    report.json, speedup.png) into ``report_dir`` when given. ``show``: progress on stderr,
+    as the command shows it."""
     from . import compare as comparing
     from . import report, toolchain
     from .devices import need_device, starting
@@ -283,11 +323,15 @@ def compare(models: tuple[str, ...] | None = None,
     if report_dir is not None:
         report_dir = export.prepare_out_dir(Path(report_dir))
     with contextlib.ExitStack() as stack:
+        # quiet: the wait shows in the progress line below (one live display at a time)
         devices_up = starting(stack, tracker, key, resolved.num_cores, timeout, quiet=True)
         config = comparing.CompareConfig(resolved, None, names, size_list, tuple(baselines),
                                          Path(db) if db else None, resolved.num_cores, repeat,
                                          tune_trials, 1, android_api, emulated, others)
-        cells = comparing.run(config, None, devices_up)
+        with report.step("tuning, compiling, deploying and timing every model and size"
+                         if tune_trials else "compiling, deploying and timing every model and "
+                         "size", quiet=not show) as at:
+            cells = comparing.run(config, at, devices_up)
         rpc, devices = devices_up()
         config = dataclasses.replace(config, tracker=rpc, devices=devices)
     where = (f"this machine's CPU ({dict(resolved.spec).get('mcpu')}, embedded device)"

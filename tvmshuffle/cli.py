@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import fnmatch
 import logging
 import os
@@ -12,9 +10,6 @@ from pathlib import Path
 
 import click
 
-from .devices import acquire as acquire_devices
-from .devices import need_device
-from .devices import starting as devices_starting
 from .errors import BadInputError, DatabaseError, TvmShuffleError
 
 log = logging.getLogger(__name__)
@@ -228,21 +223,14 @@ def compile_cmd(model, target_name, device, out_dir, input_size, batch, state_di
 
     Channel shuffles are fused into the convolution that consumes them; the summary and
     manifest.json ("data_movement_kernels") list any kernel left that only moves data."""
-    from . import export, frontends, places, report, target
+    from . import api, report
 
-    resolved = target.resolve(target_name, device, threads)
-    fallbacks = ()
-    if db is None and not no_db:
-        db, fallbacks = places.compile_dbs(resolved, device)
-    config = export.CompileConfig(resolved, not no_fuse_shuffle, layout.upper(),
-                                  None if no_db else db, not no_default_schedules, android_api,
-                                  () if no_db else fallbacks)
-    config.linker()  # no linker for the target: say what to install before importing
-    export.prepare_out_dir(out_dir)
-    with report.step(f"importing {model}", quiet=as_json):
-        imported = frontends.load(frontends.ModelSpec(model, input_size, state_dict, batch))
-    with report.step(f"building for {config.target.name} into {out_dir}", quiet=as_json):
-        manifest = export.build_artifact(imported, config, out_dir, dump_ir)
+    manifest = api.compile(model, target_name, device=device, db=db, no_db=no_db,
+                           default_schedules=not no_default_schedules,
+                           fuse_shuffle=not no_fuse_shuffle, layout=layout, threads=threads,
+                           android_api=android_api, out_dir=out_dir, dump_ir=dump_ir,
+                           input_size=input_size, batch=batch, state_dict=state_dict,
+                           show=not as_json).manifest
     if as_json:
         report.emit_json(manifest)
     else:
@@ -283,8 +271,9 @@ def compile_cmd(model, target_name, device, out_dir, input_size, batch, state_di
                    "the new best.")
 @click.option("--prepack/--no-prepack", default=None,
               help="Let schedules ask for the weights in a layout of their own, repacked once "
-                   "when the library is built (default: the database's method; off for a new "
-                   "database). A database holds one method; compile follows it.")
+                   "when the library is built (default: the database's method; for a new "
+                   "database that of the shipped one it starts from, else on). A database "
+                   "holds one method; compile follows it, and prepacks without a database.")
 @click.option("--flush-caches/--warm-caches", default=None,
               help="Time candidates with their weights and output flushed from the CPU caches, "
                    "as they are inside the network, or warm, as run in a loop (default: the "
@@ -303,40 +292,14 @@ def tune(model, target_name, device, rpc_tracker, rpc_key, trials, trials_per_ta
 
     Only records measured with this target count: a task's fastest schedules that another CPU
     of the same kind measured (another mcpu) are first re-timed here."""
-    import time as _time
+    from . import api, report
 
-    from . import frontends, places, records, report, target, toolchain
-    from . import tune as tuning
-
-    config_target = target.resolve(target_name, device, threads)
-    toolchain.find(config_target, android_api)  # candidates are linked like the final .so
-    need_device(rpc_tracker, config_target)
-    kinds = tuple(k.strip() for k in ops.split(",") if k.strip())
-    unknown = [k for k in kinds if k not in (*tuning.OPS_CHOICES, "all")]
-    if unknown or not kinds:
-        raise BadInputError(f"bad --ops '{ops}': choose from "
-                            f"{', '.join(tuning.OPS_CHOICES)} or all")
-    seeds = ()
-    if db is None:
-        db, seeds = places.tune_dbs(config_target, device)
-    config = tuning.TuneConfig(config_target, db, trials, trials_per_task, kinds, float(timeout),
-                               not no_fuse_shuffle, layout.upper(), android_api=android_api,
-                               patience=patience or None,
-                               method=records.settle_method(db, prepack, flush_caches),
-                               refine=refine, seed_dbs=seeds)
-    with contextlib.ExitStack() as stack:
-        devices_up = devices_starting(stack, rpc_tracker, rpc_key, config_target.num_cores,
-                                      timeout, as_json)
-        with report.step(f"importing {model}", quiet=as_json):
-            imported = frontends.load(frontends.ModelSpec(model, input_size, batch=batch))
-        start = _time.perf_counter()
-        with report.step("finding the kernels to tune", quiet=as_json):
-            tasks = tuning.tasks_of(imported.mod, config)
-        tracker, devices = devices_up()
-        with report.TuneProgress(quiet=as_json) as progress:
-            results = tuning.tune_tasks(tasks, config, tracker, devices, progress)
-    data = report.tune_json(results, config, tracker.address, tracker.key,
-                            _time.perf_counter() - start)
+    data = api.tune(model, target_name, device=device, tracker=rpc_tracker, key=rpc_key,
+                    trials=trials, trials_per_task=trials_per_task, ops=tuple(ops.split(",")),
+                    db=db, timeout=timeout, patience=patience, refine=refine, prepack=prepack,
+                    flush_caches=flush_caches, fuse_shuffle=not no_fuse_shuffle, layout=layout,
+                    threads=threads, android_api=android_api, input_size=input_size,
+                    batch=batch, show=not as_json)
     report.emit_json(data) if as_json else report.tune_table(data)
 
 
@@ -427,43 +390,17 @@ def compare(target_name, device, rpc_tracker, rpc_key, model_list, sizes, db, tu
     against the host reference and timed there. Without --rpc-tracker the device is this
     machine's CPU behind an embedded tracker. AlexNet takes every size: adaptive average pooling
     before its classifier (the identity at 224x224) keeps its FC layers' shapes."""
+    from . import api, report
     from . import compare as comparing
-    from . import export, places, report, target, toolchain
 
-    resolved = target.resolve(target_name, device, threads)
-    toolchain.find(resolved, android_api)
-    need_device(rpc_tracker, resolved)
     names = tuple(n.strip() for n in (model_list or ",".join(comparing.DEFAULT_MODELS))
                   .split(",") if n.strip())
-    size_list = comparing.parse_sizes(sizes)
-    comparing.check_grid(names, size_list)
     peers = tuple(b.strip() for b in baselines.split(",") if b.strip() and b.strip() != "none")
-    unknown = [b for b in peers if b not in comparing.BASELINES]
-    if unknown:
-        raise BadInputError(f"unknown baseline(s) {', '.join(unknown)}: use torch, onnxruntime")
-    others = ()  # with no --db: the shipped database, tuning's start and compile's fallback
-    if db is None:
-        db, others = (places.tune_dbs(resolved, device) if tune_trials
-                      else places.compile_dbs(resolved, device))
-    export.prepare_out_dir(report_dir)
-    with contextlib.ExitStack() as stack:
-        # quiet: the wait shows in the progress line below (one live display at a time)
-        devices_up = devices_starting(stack, rpc_tracker, rpc_key, resolved.num_cores, timeout,
-                                      quiet=True)
-        config = comparing.CompareConfig(resolved, None, names, size_list, peers, db,
-                                         resolved.num_cores, repeat, tune_trials, 1,
-                                         android_api, emulated, others)
-        with report.step("tuning, compiling, deploying and timing every model and size"
-                         if tune_trials else "compiling, deploying and timing every model and "
-                         "size", quiet=as_json) as at:
-            cells = comparing.run(config, at, devices_up)
-        tracker, devices = devices_up()
-        config = dataclasses.replace(config, tracker=tracker, devices=devices)
-    where = (f"this machine's CPU ({dict(resolved.spec).get('mcpu')}, embedded device)"
-             if not rpc_tracker else f"device '{tracker.key}' via {tracker.address}")
-    environment = comparing.environment(config, where)
-    data = report.compare_json(cells, config, environment)
-    report.write_compare(report_dir, data)
+    data = api.compare(names, comparing.parse_sizes(sizes), target_name, device=device,
+                       tracker=rpc_tracker, key=rpc_key, db=db, tune_trials=tune_trials or 0,
+                       baselines=peers, threads=threads, repeat=repeat, timeout=timeout,
+                       android_api=android_api, emulated=emulated, report_dir=report_dir,
+                       show=not as_json)
     if as_json:
         report.emit_json(data)
     else:
@@ -516,25 +453,16 @@ def deploy(out_dir: Path, rpc_tracker, rpc_key, threads, repeat, number, toleran
     """Upload a compiled artifact to a device over TVM RPC, check its output against the host
     reference and time it there; the uploaded file is removed afterwards. Without
     --rpc-tracker, the device is this machine's CPU behind an embedded tracker."""
-    from . import bench, report
-    from . import deploy as deploying
+    from . import api, report
 
-    artifact = bench.load_artifact(out_dir)
-    threads = threads or artifact.target.num_cores
-    if not rpc_tracker and not artifact.target.runs_on_host:
-        raise BadInputError(f"{artifact.library} is built for {artifact.target.triple}; the "
-                            "embedded default device is this machine's CPU: give --rpc-tracker "
-                            "and --rpc-key of an ARM device (rpc/emu_arm64.sh runs an emulated "
-                            "one)")
-    config = deploying.DeployConfig(threads, repeat, number, tolerance, float(wait), emulated)
-    with contextlib.ExitStack() as stack:
-        tracker, _ = acquire_devices(stack, rpc_tracker, rpc_key, threads, timeout, as_json)
-        with report.step(f"deploying to '{tracker.key}' at {tracker.address}", quiet=as_json):
-            deployed = deploying.run_remote(artifact, tracker, config)
+    manifest, deployed = api.deployment(out_dir, tracker=rpc_tracker, key=rpc_key,
+                                        threads=threads, repeat=repeat, number=number,
+                                        tolerance=tolerance, wait=wait, timeout=timeout,
+                                        emulated=emulated, show=not as_json)
     if as_json:
-        report.emit_json(report.deploy_json(artifact.manifest, deployed))
+        report.emit_json(report.deploy_json(manifest, deployed))
     else:
-        report.deploy_table(artifact.manifest, deployed)
+        report.deploy_table(manifest, deployed)
 
 
 class Terminated(KeyboardInterrupt):
