@@ -225,6 +225,8 @@ def tune(model: Any, target_name: str = "host", *, device: str = "generic",
     resolved = target.resolve(target_name, device, threads)
     toolchain.find(resolved, android_api)  # candidates are linked like the final .so
     need_device(tracker, resolved)
+    if isinstance(ops, str):  # "grouped,depthwise", as --ops takes it
+        ops = tuple(ops.split(","))
     kinds = tuple(k.strip() for k in ops if k.strip())
     unknown = [k for k in kinds if k not in (*tuning.OPS_CHOICES, "all")]
     if unknown or not kinds:
