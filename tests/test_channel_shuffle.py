@@ -259,6 +259,50 @@ def test_shufflenet_1x_g3_has_no_data_movement_kernel(layout):
     assert sum("shuffled_conv2d" in k for k in pipeline.kernel_names(fused)) == 6
 
 
+def test_copy_kernels_are_those_that_do_no_arithmetic():
+    """Concatenation, gather (take), strided slice, transpose and padding store only what they
+    load: counted, with their calls; ReLU, addition and pooling compute: not counted."""
+
+    @I.ir_module
+    class Ops:
+        @R.function
+        def main(x: R.Tensor((1, 4, 8, 8), "float32"), i: R.Tensor((2,), "int64")):
+            with R.dataflow():
+                a = R.concat((x, x), axis=1)
+                b = R.take(a, i, axis=1)
+                c = R.strided_slice(b, axes=[1], begin=[0], end=[2], strides=[2])
+                d = R.permute_dims(c, [0, 2, 3, 1])
+                e = R.nn.pad(d, (0, 0, 1, 1, 1, 1, 0, 0))
+                f = R.nn.relu(e)
+                g = R.add(f, f)
+                h = R.nn.max_pool2d(R.permute_dims(g, [0, 3, 1, 2]))
+                j = R.permute_dims(h, [0, 2, 3, 1])
+                R.output(j)
+            return j
+
+    copies = pipeline.copy_kernels(relax.transform.LegalizeOps()(Ops))
+    kinds = sorted(name.rstrip("0123456789") for name in copies)
+    assert kinds == ["concatenate", "pad", "strided_slice", "take", "transpose", "transpose",
+                     "transpose"], copies
+    assert set(copies.values()) == {1}
+
+
+def test_shufflenet_copy_kernels_are_the_layout_edges_with_the_pass():
+    """With the pass, ShuffleNet v1 keeps two kernels that do no arithmetic (the NCHW -> NHWC
+    layout change of the input and back before the classifier), one call each; without it,
+    every channel shuffle is one more, called once per unit."""
+    imported = frontends.load(frontends.ModelSpec("shufflenet_v1_g3_0.25x", (64, 64)))
+    tgt = target.resolve("host").tvm_target
+    with tgt:
+        fused = pipeline.lower(pipeline.optimize(imported.mod), tgt)
+        plain = pipeline.lower(pipeline.optimize(imported.mod, False), tgt)
+    edges = pipeline.copy_kernels(fused)
+    assert len(edges) == 2 and all("transpose" in name for name in edges), edges
+    assert sum(edges.values()) == 2
+    unfused = pipeline.copy_kernels(plain)
+    assert len(unfused) == 2 + 6 and sum(unfused.values()) == 2 + 16, unfused  # 16 units
+
+
 def test_fused_kernels_are_tuning_tasks():
     """MetaSchedule's task extraction sees every fused shuffle+conv kernel as a task."""
     from tvm.s_tir import meta_schedule as ms

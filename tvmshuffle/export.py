@@ -229,6 +229,8 @@ def write_artifact(out_dir: Path, compiled: Compiled, model: frontends.ImportedM
                    "picked_in_network": compiled.picks,
                    "measured_elsewhere": compiled.measured_elsewhere},
         "data_movement_kernels": pipeline.data_movement_kernels(compiled.final_mod),
+        # every kernel that runs and does no arithmetic, with its calls
+        "copy_kernels": pipeline.copy_kernels(compiled.final_mod),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     tmp = out_dir / (MANIFEST_NAME + ".tmp")

@@ -22,6 +22,8 @@ default for the target (legalize, FoldConstant, FuseOps, FuseTIR, lower to the V
 
 from __future__ import annotations
 
+import collections
+
 import tvm
 from tvm import relax
 
@@ -139,3 +141,70 @@ def data_movement_kernels(mod: tvm.IRModule) -> list[str]:
                           for b in bodies):
             names.append(gv.name_hint)
     return sorted(names)
+
+
+# a stored value made of loads (a gather's index is a load too), constants, casts and
+# selections between them (concat, padding: the conditions only test indices) does no arithmetic
+_MOVING_CALLS = {"prim.if_then_else", "tirx.if_then_else", "tir.if_then_else"}
+
+
+def _moves_only(value) -> bool:
+    kind = type(value).__name__
+    if kind in ("BufferLoad", "TensorLoad", "IntImm", "FloatImm"):
+        return True  # its indices may compute; what it yields is a stored element
+    if kind == "Cast":
+        return _moves_only(value.value)
+    if kind == "Select":
+        return _moves_only(value.true_value) and _moves_only(value.false_value)
+    if kind == "Call" and str(getattr(value.op, "name", "")) in _MOVING_CALLS:
+        branches = value.args[1:] if len(value.args) == 3 else value.args
+        return all(_moves_only(arg) for arg in branches)
+    return False
+
+
+def _stores(stmt):
+    """The BufferStore statements under ``stmt`` (TVM 0.27 has no Python TIR visitor)."""
+    if stmt is None:
+        return
+    kind = type(stmt).__name__
+    if kind == "BufferStore":
+        yield stmt
+        return
+    if kind == "SeqStmt":
+        for child in stmt.seq:
+            yield from _stores(child)
+        return
+    for field in ("block", "init", "body", "then_case", "else_case"):
+        child = getattr(stmt, field, None)
+        if child is not None and not isinstance(child, (int, float, str)):
+            yield from _stores(child)
+
+
+def copy_kernels(mod: tvm.IRModule) -> dict[str, int]:
+    """Kernels of a lowered module that do no arithmetic, with how many times ``main`` calls
+    each, those it calls only: copies, concatenations, gathers (``take``), transposes and other
+    layout changes, slices, padding. Every value such a kernel stores is an element it loaded
+    (or a constant), chosen by index alone. The layout changes at the network's edges are among
+    them; ``data_movement_kernels`` are the channel shuffles among them."""
+    moving = []
+    for gv, func in mod.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        stores = list(_stores(func.body))
+        if stores and all(_moves_only(store.value) for store in stores):
+            moving.append(gv.name_hint)
+    if not moving:
+        return {}
+    called: collections.Counter = collections.Counter()
+
+    def count(node) -> None:  # lowered, main calls kernel(...); before, R.call_tir(kernel, ...)
+        if isinstance(node, relax.Call):
+            for callee in (node.op, *node.args[:1]):
+                if isinstance(callee, tvm.ir.GlobalVar):
+                    called[callee.name_hint] += 1
+
+    for gv, func in mod.functions.items():
+        if gv.name_hint == "main" and isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, count)
+    # a kernel main never calls does not run (a reshape the build made a view of)
+    return {name: called[name] for name in sorted(moving) if called[name]}

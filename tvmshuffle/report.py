@@ -176,11 +176,16 @@ def compile_summary(manifest: dict, out_dir: str) -> None:
               f"{sources.get('tvm', 0)} TVM's loops"
               + ("" if tuning.get("default_schedules", True)
                  else " ([yellow]--no-default-schedules[/yellow])"))
-    moving = manifest["data_movement_kernels"]
-    state = "fused" if manifest["fuse_shuffle"] else "not fused (--no-fuse-shuffle)"
-    out.print(f"  convolutions {manifest.get('layout', 'NCHW')}; channel shuffle {state}; "
-              f"kernels that only move data: {len(moving)}"
-              + (f" ({', '.join(moving)})" if moving else ""))
+    shuffles = manifest["data_movement_kernels"]
+    state = "pass on" if manifest["fuse_shuffle"] else "pass off (--no-fuse-shuffle)"
+    out.print(f"  convolutions {manifest.get('layout', 'NCHW')}; channel shuffle {state}, "
+              f"shuffles left as kernels: {len(shuffles)}"
+              + (f" ({', '.join(shuffles)})" if shuffles else ""))
+    copies = manifest.get("copy_kernels", {})
+    out.print(f"  kernels that do no arithmetic (copies, concat, gathers, transposes): "
+              f"{len(copies)}, {sum(copies.values())} calls"
+              + (f" ({', '.join(f'{name} x{calls}' for name, calls in copies.items())})"
+                 if copies else ""))
     out.print(f"  {out_dir}/{manifest['library']['file']} "
               f"({manifest['library']['bytes'] / 1e6:.1f} MB), {out_dir}/manifest.json")
 
