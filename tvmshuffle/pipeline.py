@@ -1,6 +1,7 @@
 """The pass lists, in one place: graph passes on the imported module, then TVM's build pipeline.
 
-Graph passes run on an imported module before fusion: channel shuffles moved past per-channel
+Graph passes run on an imported module before fusion: ``take`` of a constant index rewritten as
+the slice it means (``passes/take_to_slice.py``), channel shuffles moved past per-channel
 operators (so that BatchNorm behind a shuffle still folds), BatchNorm folded into the preceding
 convolution's weights and bias (``passes/fold_batchnorm.py``), remaining inference-mode ops
 decomposed, constants folded, dead code removed, convolutions converted to the channels-last
@@ -27,7 +28,8 @@ import collections
 import tvm
 from tvm import relax
 
-from .passes import fold_batchnorm, fuse_channel_shuffle, group_axis, sink_channel_shuffle
+from .passes import (fold_batchnorm, fuse_channel_shuffle, group_axis, sink_channel_shuffle,
+                     take_to_slice)
 
 # data, weight layout of convs; NHWGC is NHWC with the 1x1 group convolutions computed with the
 # group as an axis of its own (passes/group_axis.py)
@@ -39,6 +41,7 @@ def graph_passes(fuse_shuffle: bool = True, layout: str = DEFAULT_LAYOUT) -> tvm
     """Inference clean-up of an imported module, the layout of its convolutions, and the
     shuffle fusion (unless turned off)."""
     cleanup = [
+        take_to_slice,  # y[0] / Gather of a constant index: a slice, not a gather kernel
         fold_batchnorm,
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),

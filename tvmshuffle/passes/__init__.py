@@ -3,5 +3,7 @@
 from .channel_shuffle import fuse_channel_shuffle, sink_channel_shuffle
 from .fold_batchnorm import fold_batchnorm
 from .group_axis import group_axis
+from .take_to_slice import take_to_slice
 
-__all__ = ["fold_batchnorm", "fuse_channel_shuffle", "group_axis", "sink_channel_shuffle"]
+__all__ = ["fold_batchnorm", "fuse_channel_shuffle", "group_axis", "sink_channel_shuffle",
+           "take_to_slice"]
