@@ -9,7 +9,7 @@ import pytest
 import tvm
 
 from conftest import invoke
-from tvmshuffle import frontends, pipeline, target, tune
+from tvmshuffle import frontends, pipeline, records, target, tune
 
 SMALL = frontends.ModelSpec("shufflenet_v1_g3_0.25x", (64, 64))
 
@@ -41,13 +41,18 @@ def test_every_task_is_a_kernel_the_library_runs(layout):
     config = tune.TuneConfig(target.resolve("host"), db_dir=None, layout=layout)
     with tgt:
         optimized = pipeline.optimize(frontends.load(SMALL).mod, True, layout)
-    extracted = ms.relax_integration.extract_tasks(pipeline.fuse(optimized, tgt), tgt)
+    fused = pipeline.fuse(optimized, tgt, config.method.prepack)  # as tuning extracts them
+    extracted = ms.relax_integration.extract_tasks(fused, tgt)
     reshapes = {t.task_name for t in extracted
                 if relax.analysis.has_reshape_pattern(t.dispatched[0]["main"])}
     assert reshapes, "MetaSchedule extracts pure reshapes"
     names = {t.name for t in tune.extract_tasks(frontends.load(SMALL).mod, config)}
     assert names == {t.task_name for t in extracted} - reshapes
-    called = set(re.findall(r"(\w+)\(", pipeline.lower(optimized, tgt)["main"].script()))
+    lowered = pipeline.lower_fused(fused, tgt, records.empty_memory_database(),
+                                   config.method.prepack)
+    # a kernel that reads weights repacked at build time is named <task>_prepacked
+    called = {name.removesuffix("_prepacked")
+              for name in re.findall(r"(\w+)\(", lowered["main"].script())}
     assert names <= called and not reshapes & called
 
 
