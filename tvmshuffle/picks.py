@@ -152,6 +152,13 @@ def _in_network(timers: list[bench.KernelTimer], x: tvm.runtime.Tensor,
             for build in samples]
 
 
+def _of(by_kernel: dict, task: str):
+    """What ``by_kernel`` (by the names kernels run under) holds for ``task``'s kernel, which
+    runs as ``<task>_prepacked`` when its weights are repacked at build time; None if neither."""
+    found = by_kernel.get(task)
+    return found if found is not None else by_kernel.get(task + "_prepacked")
+
+
 def pick(imported: frontends.ImportedModel, config: PickConfig,
          step: Callable[[str], None] = lambda _: None) -> PickResult:
     """Judge the candidates of every tuned kernel of ``imported`` in the network, and append
@@ -191,14 +198,15 @@ def pick(imported: frontends.ImportedModel, config: PickConfig,
     medians = _in_network(timers, x, config.runs)
     choices = []
     for kernel in judged:
-        times = [medians[r].get(kernel.name) for r in range(len(kernel.candidates))]
+        # a kernel reading weights repacked at build time runs as <task>_prepacked
+        times = [_of(medians[r], kernel.name) for r in range(len(kernel.candidates))]
         if any(t is None for t in times):  # a reshape the build made a view of
             log.info("%s: not called in the network; left as it is", kernel.name)
             continue
         best = min(range(len(times)), key=times.__getitem__)
         chosen = best if times[best] < times[0] * (1 - MARGIN) else 0
         choices.append(KernelChoice(
-            kernel.name, timers[0].calls.get(kernel.name, 0),
+            kernel.name, _of(timers[0].calls, kernel.name) or 0,
             [records.mean_ms(c[1]) for c in kernel.candidates], times, chosen))
     result = PickResult(imported.name, choices, None, None, None, 0, ranks, 0.0)
     changed = [c for c in choices if c.chosen]
