@@ -365,6 +365,7 @@ def test_the_unscheduled_kernel_is_kept_when_it_is_faster(tmp_path):
                                config)
     task = next(t for t in tasks if t.name.startswith("max_pool2d"))
     database = records.open_database(db_dir)
+    records.write_method(db_dir, config.method)  # as a tune writes it: compile follows it
     assert tune.keep_untuned_if_faster(database, task, [2e-6, 2e-6], None)
     best = records.best_ms(database.get_all_tuning_records())
     assert not tune.keep_untuned_if_faster(database, task, [1e-3], best), "slower: not recorded"
