@@ -129,12 +129,15 @@ def test_run_refuses_wrong_numerics(tmp_path):
     (("compile", "alexnet", "--input-size", "100000x100000", "-o", "{tmp}/o"), ("too large",)),
     (("compile", "shufflenet_v1_g3_0.25x", "--state-dict", "{tmp}/file", "-o", "{tmp}/o"),
      ("cannot load state_dict", "not a file torch.load reads as weights")),
+    (("compile", "shufflenet_v1_g3_0.25x", "--state-dict", "{tmp}/random.pt", "-o", "{tmp}/o"),
+     ("cannot load state_dict",)),
     (("models", "resnet*"), ("no zoo model matches",)),
     (("run", "{tmp}"), ("not a tvmshuffle artifact",)),
 ])
 def test_bad_input_is_one_line(args, fragments, tmp_path):
     """Each kind of bad input gives one 'Error:' line and a non-zero exit, no traceback."""
     (tmp_path / "file").write_text("a file, not a directory")
+    (tmp_path / "random.pt").write_bytes(bytes(range(256)) * 64)
     result = invoke(*(a.replace("{tmp}", str(tmp_path)) for a in args))
     assert_one_line_error(result, *fragments)
 
@@ -145,6 +148,24 @@ def test_corrupt_and_unsupported_onnx_are_one_line(model_files, unsupported_onnx
                                  str(tmp_path / "o")), "not a valid ONNX model")
     assert_one_line_error(invoke("compile", str(unsupported_onnx), "-o", str(tmp_path / "o")),
                           "DFT")
+
+
+def test_an_onnx_opset_the_reference_does_not_know_is_one_line(tmp_path):
+    """ONNX opset 99 passes onnx's checker and TVM's importer; ONNX Runtime, the reference,
+    refuses it: one line before any compiling, and no library left without a manifest."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])])
+    path = tmp_path / "future.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 99)]), str(path))
+    out = tmp_path / "o"
+    assert_one_line_error(invoke("compile", str(path), "--input-size", "8x8", "-o", str(out)),
+                          "ONNX Runtime", "future.onnx")
+    assert not (out / "model.so").exists()
 
 
 def test_long_stages_print_a_plain_line_where_no_terminal_shows_progress(monkeypatch):

@@ -181,22 +181,36 @@ def prepare_out_dir(out_dir: Path) -> Path:
 
 def write_artifact(out_dir: Path, compiled: Compiled, model: frontends.ImportedModel,
                    config: CompileConfig, flops: FlopReport, dump_ir: bool = False) -> dict:
-    """Export the library, reference data and manifest into ``out_dir``; return the manifest."""
+    """Export the library, reference data and manifest into ``out_dir``; return the manifest.
+
+    The manifest comes last and an earlier one goes first: a folder with a manifest holds the
+    library and reference it describes, and an export that fails leaves no library behind."""
+    x = frontends.fixed_input(model.input_shape, model.dtype)
+    try:
+        outputs = model.reference(x)
+    except TvmShuffleError:
+        raise
+    except Exception as err:  # the reference engine's own errors
+        raise BuildError(f"the reference ({model.reference_engine}) failed on {model.source}: "
+                         f"{first_line(err)}") from err
+    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
     so_path = out_dir / SO_NAME
     linker = config.linker()
     try:
-        compiled.executable.export_library(str(so_path), fcompile=linker)
-    except TvmShuffleError:
+        try:
+            compiled.executable.export_library(str(so_path), fcompile=linker)
+        except TvmShuffleError:
+            raise
+        except Exception as err:
+            raise BuildError(f"exporting {so_path} failed: {first_line(err)}") from err
+        np.savez(out_dir / REFERENCE_NAME, input=x,
+                 **{f"output_{i}": out for i, out in enumerate(outputs)})
+        if dump_ir:
+            (out_dir / IR_NAME).write_text(compiled.final_mod.script())
+    except BaseException:
+        for name in (SO_NAME, REFERENCE_NAME):
+            (out_dir / name).unlink(missing_ok=True)
         raise
-    except Exception as err:
-        raise BuildError(f"exporting {so_path} failed: {first_line(err)}") from err
-
-    x = frontends.fixed_input(model.input_shape, model.dtype)
-    outputs = model.reference(x)
-    np.savez(out_dir / REFERENCE_NAME, input=x,
-             **{f"output_{i}": out for i, out in enumerate(outputs)})
-    if dump_ir:
-        (out_dir / IR_NAME).write_text(compiled.final_mod.script())
 
     manifest = {
         "model": model.name,

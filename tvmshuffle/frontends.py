@@ -258,6 +258,10 @@ def load_onnx_model(model, name: str, source: str, size: tuple[int, int] | None 
     is ONNX Runtime on the same model."""
     path = Path(source)
     input_name, shape, dtype = _onnx_input_shape(model.graph, path, size, batch)
+    # the reference loads first: a model ONNX Runtime refuses (an opset it does not know) is
+    # one line now, not a traceback after the whole compile
+    reference = _onnxruntime_reference(path if source.lower().endswith(".onnx")
+                                        else model.SerializeToString(), input_name, path)
     from tvm.relax.frontend.onnx import from_onnx
 
     try:
@@ -268,8 +272,6 @@ def load_onnx_model(model, name: str, source: str, size: tuple[int, int] | None 
         raise ImportFailedError(f"{path} uses ONNX operator(s) TVM cannot import: {ops}") from err
     except Exception as err:
         raise ImportFailedError(f"TVM cannot import {path}: {first_line(err)}") from err
-    reference = _onnxruntime_reference(path if source.lower().endswith(".onnx")
-                                        else model.SerializeToString(), input_name)
     return ImportedModel(name, "onnx", source, mod, input_name, shape, dtype, "onnxruntime",
                          reference)
 
@@ -285,9 +287,17 @@ def onnxruntime_session(path: Path | bytes, threads: int = 1):
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def _onnxruntime_reference(path: Path | bytes, input_name: str) -> Reference:
+def _onnxruntime_reference(model: Path | bytes, input_name: str, path: Path) -> Reference:
+    """ONNX Runtime's outputs for an input: the session made now, so that a model it cannot
+    load (an opset newer than it knows, say) is an ImportFailedError before any compiling."""
+    try:
+        session = onnxruntime_session(model)
+    except Exception as err:  # onnxruntime's Fail, InvalidGraph, NotImplemented...
+        raise ImportFailedError(f"ONNX Runtime, the reference the outputs are checked against, "
+                                f"cannot load {path}: {first_line(err)}") from err
+
     def run(x: np.ndarray) -> list[np.ndarray]:
-        return list(onnxruntime_session(path).run(None, {input_name: x}))
+        return list(session.run(None, {input_name: x}))
 
     return run
 
