@@ -98,6 +98,25 @@ def test_a_torn_last_line_is_set_aside_and_the_tune_goes_on(tmp_path, caplog):
     assert len(records.read_ranked(tmp_path, here).records[0]) == 2
 
 
+def test_a_torn_workload_line_is_set_aside_and_the_tune_goes_on(tmp_path, caplog):
+    """The same for the workload file, whose line numbers the records point at: the torn
+    last workload goes aside, every intact line keeps its number, the next tune appends."""
+    here, mod, record_file = _one_record(tmp_path)
+    workload_file = tmp_path / records.WORKLOAD_FILE
+    intact = workload_file.read_bytes()
+    workload_file.write_bytes(intact + b'["4f1c", ["tirx.Pr')
+    assert len(records.read_ranked(tmp_path, here).records[0]) == 1
+
+    view = taskdb.TaskDatabase(tmp_path, [mod, _kernel(3.0)])
+    assert "cut short" in caplog.text
+    (aside,) = tmp_path.glob(f"{records.WORKLOAD_FILE}.torn-*")
+    assert aside.read_bytes() == b'["4f1c", ["tirx.Pr'
+    assert workload_file.read_bytes().startswith(intact)
+    _commit(view.database, mod, 2e-6, here)
+    view.close()
+    assert len(records.read_ranked(tmp_path, here).records[0]) == 2
+
+
 def test_a_whole_last_line_without_its_newline_is_kept(tmp_path):
     """A last line that parses but lacks its newline is a record: ended, not set aside."""
     here, mod, record_file = _one_record(tmp_path)
