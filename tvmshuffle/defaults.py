@@ -15,8 +15,11 @@ instead, with the decisions the search would sample chosen from the target:
   (``tiles.registers``: AVX-512 32 x 16 lanes, AVX2 16 x 8, NEON 32 x 4): accumulators, a
   broadcast register and the weight vectors within the file (on x86 one more, spilled at a
   price), chosen for the most multiply-adds per load, a weight vector costing two on x86
-  (``register_block`` has the numbers);
-* the inner reduction (R1) is as long as MetaSchedule allows (64), the cache-written tile is
+  (``register_block`` has the numbers); a block of an odd vector count (not 1, 2 or 4 whole
+  vectors: 20, 40, 80 channels on AVX-512) fits 16 registers on x86, AVX-512's 32 included,
+  and unrolls whole (``odd_vector``);
+* the inner reduction (R1) is as long as MetaSchedule allows (64; for an odd block, as long as
+  the unroll limit leaves the block and R1 whole: R1 x pixels <= 512), the cache-written tile is
   the register block (the accumulators stay in registers, the epilogue — bias, residual, ReLU
   — runs on them in place, vectorized), S2 is 1, the parallel level S0 gives each core a few
   jobs when the target names several;
@@ -60,6 +63,7 @@ log = logging.getLogger(__name__)
 
 UNROLL = 512  # of MetaSchedule's unroll choices (0, 16, 64, 512): the register block unrolled
 MAX_INNER_REDUCTION = tiles.MAX_INNER_REDUCTION
+X86_BLOCK_REGISTERS = 16  # vector registers a register block may fill on x86 (register_block)
 JOBS_PER_CORE = 4  # parallel jobs at the S0 level per core, when the target has several
 
 
@@ -128,10 +132,16 @@ def register_block(extents: list[int], reads: list[frozenset[int]], regs: tiles.
     vector_choices = sorted({d for d in _divisors(channels) if d % regs.lanes == 0}
                             | {channels})
     weight_cost = 2 if memory_operands else 1
+    # x86, a block of an odd vector count: 16 registers, AVX-512's 32 included (there, such
+    # blocks of 20-28 accumulators ran 1.4-2.8x slower than 8-16 on ShuffleNet's 1x1 group
+    # convolutions, each kernel timed alone; whole 1, 2 or 4 vectors keep the file: MobileNet's
+    # 14 x 32 ran faster in the network than 4 x 32. Emerald Rapids, session 21)
     best, best_key = None, None
     for c3 in vector_choices:
         vectors = math.ceil(c3 / regs.lanes)
         lane_use = c3 / (vectors * regs.lanes)
+        budget = (min(regs.count, X86_BLOCK_REGISTERS) if memory_operands and odd_vector(c3, regs)
+                  else regs.count)
         for pixels in itertools.product(*(_divisors(e) for e in outer)):
             count = math.prod(pixels)
             accumulators = count * vectors
@@ -139,11 +149,11 @@ def register_block(extents: list[int], reads: list[frozenset[int]], regs: tiles.
             if memory_operands:
                 # one pixel uses each weight vector once: as an FMA operand, no register
                 live = accumulators + (vectors if count > 1 else 0) + 1
-                if live > regs.count + 1:
+                if live > budget + 1:
                     continue
-                if live > regs.count - 1:  # LLVM's own register taken: broadcasts spilled
+                if live > budget - 1:  # LLVM's own register taken: broadcasts spilled
                     spill = count / 2
-            elif accumulators + vectors + 1 > regs.count:
+            elif accumulators + vectors + 1 > budget:
                 continue
             loads = sum(math.prod(pixels[i] for i in read if i != last)
                         * (vectors * weight_cost if last in read else 1) for read in reads)
@@ -154,6 +164,14 @@ def register_block(extents: list[int], reads: list[frozenset[int]], regs: tiles.
     if best is None:  # a vector too wide for the file: one vector's worth
         return (*([1] * len(outer)), min(channels, regs.lanes))
     return best
+
+
+def odd_vector(channels: int, regs: tiles.Registers) -> bool:
+    """Whether a block of ``channels`` is not 1, 2 or 4 whole vectors: LLVM keeps the
+    accumulators of such a block in memory unless its loops are unrolled whole, and on x86
+    it fits 16 registers at most (``register_block``, ``reduction_tiles``)."""
+    vectors, rest = divmod(channels, regs.lanes)
+    return rest != 0 or vectors not in (1, 2, 4)
 
 
 def spatial_tiles(extents: list[int], block: tuple[int, ...], cores: int) -> list[list[int]]:
@@ -174,10 +192,19 @@ def spatial_tiles(extents: list[int], block: tuple[int, ...], cores: int) -> lis
     return decisions
 
 
-def reduction_tiles(extents: list[int]) -> list[list[int]]:
+def reduction_tiles(extents: list[int], pixels: int = 1) -> list[list[int]]:
     """R0 R1 of each reduction loop: the window loops whole inside (3x3: 9 taps), the rest of
-    MAX_INNER_REDUCTION to the channel loop (the last)."""
-    decisions, room = [], MAX_INNER_REDUCTION
+    MAX_INNER_REDUCTION to the channel loop (the last).
+
+    ``pixels``: the register block's S3 loops but the vectorized one, given for a block of an
+    odd vector count (``odd_vector``), whose nest of R1 and pixels UNROLL must unroll whole:
+    TVM unrolls a nest of at most that many steps and leaves a larger one a loop, and LLVM
+    keeps such a block's accumulators in memory across it (14 pixels x 20 channels with 40
+    reduction steps on AVX-512: 560 steps, 56 FMAs and 1,836 stack accesses in the kernel's
+    code, 26x slower than 4 pixels; benchmarks/RESULTS.md, session 21). Whole 1, 2 or 4
+    vectors stay in registers across the loop (MobileNet's 14 x 32 with R1 = 64 ran faster in
+    the network than unrolled). So R1 is capped at UNROLL // pixels."""
+    decisions, room = [], min(MAX_INNER_REDUCTION, max(1, UNROLL // max(1, pixels)))
     for i, extent in enumerate(extents):
         if i < len(extents) - 1 and extent <= room:
             inner = extent
@@ -221,7 +248,9 @@ def _tile_choice(trace, reads, regs: tiles.Registers, cores: int, memory_operand
         return None
     extents = [math.prod(d) for d in decisions]
     block = register_block(extents[:spatial], reads, regs, memory_operands)
-    chosen = spatial_tiles(extents[:spatial], block, cores) + reduction_tiles(extents[spatial:])
+    chosen = (spatial_tiles(extents[:spatial], block, cores)
+              + reduction_tiles(extents[spatial:],
+                                math.prod(block[:-1]) if odd_vector(block[-1], regs) else 1))
     split = _split_of(trace, insts[spatial - 1])
     return insts, chosen, (split.outputs[1] if split is not None else None), block
 
