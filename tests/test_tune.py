@@ -285,6 +285,32 @@ def test_a_signal_before_measuring_ends_at_once(tmp_path, sig, delay, code, word
                 and child.status() != psutil.STATUS_ZOMBIE], "processes left running"
 
 
+@pytest.mark.parametrize("sig, code, word", [
+    (signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_while_compiling_ends_at_once(tmp_path, sig, code, word):
+    """SIGTERM or Ctrl-C during `compile` (import, graph passes, the build, the export): one
+    line and the signal's exit code, no traceback, and never a manifest beside a library it
+    does not describe."""
+    out = tmp_path / "o"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tvmshuffle.cli", "compile", *MODEL, "-o", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while not out.exists():  # made before the import starts (a bad folder fails at once)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "compile never started"
+        time.sleep(0.2)
+    time.sleep(8.0)  # into the import or the build
+    if proc.poll() is not None:
+        pytest.skip("this machine compiled the model before the signal")
+    os.killpg(proc.pid, sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr.decode()[-2000:]
+    assert stderr.decode().strip().splitlines() == [f"Error: {word}"]
+    assert not (out / "manifest.json").exists()
+
+
 def test_the_only_device_dying_mid_tuning_ends_it_with_exit_6(tracker, tmp_path):
     """One device under a key, killed mid-run: the tune ends with exit 6 and one line saying
     no device is left, in bounded time (it used to wait for the tracker forever), keeping
