@@ -36,7 +36,7 @@ def test_register_block_is_an_outer_product_that_fits_the_file(regs, memory_oper
     vectors = math.ceil(block[-1] / regs.lanes)
     assert block[-1] % regs.lanes == 0 and 160 % block[-1] == 0
     assert block[3] == 1, "no block along the groups"
-    assert math.prod(block[:-1]) > 1, "pixels x channel vectors"
+    assert math.prod(block[:-1]) > 1 and vectors > 1, "pixels x channel vectors"
     # on x86 a block of an odd vector count fills at most 16 registers, AVX-512's 32 included
     file = (min(regs.count, defaults.X86_BLOCK_REGISTERS)
             if memory_operands and defaults.odd_vector(block[-1], regs) else regs.count)
