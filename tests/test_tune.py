@@ -194,6 +194,39 @@ def test_corrupt_database_line_is_named_and_kept(tmp_path):
     assert (db / records.RECORD_FILE).read_bytes() == before
 
 
+def _read_only(db) -> list[str]:
+    """A command prefix under which ``db`` cannot be written, root included: a read-only bind
+    mount in a mount namespace of its own (root cannot be refused by permissions), else the
+    folder's write bits removed."""
+    if os.geteuid() != 0:
+        db.chmod(0o555)
+        return []
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("root here cannot make a mount namespace for a read-only folder")
+    return ["unshare", "-m", "sh", "-c",
+            'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"', str(db)]
+
+
+def test_a_read_only_database_is_refused_before_any_work(model_files, tmp_path):
+    """A database folder that cannot be written is one line (exit 7) before the model is even
+    read (the model here is a corrupt file, which would be exit 3), not a traceback after
+    minutes of measuring; the folder is left as it was."""
+    db = tmp_path / "db"
+    db.mkdir()
+    for name in (records.WORKLOAD_FILE, records.RECORD_FILE):
+        (db / name).write_text("")
+    before = sorted(p.name for p in db.iterdir())
+    proc = subprocess.run([*_read_only(db), sys.executable, "-m", "tvmshuffle.cli", "tune",
+                           str(model_files["corrupt"]), "--db", str(db), "--trials", "4"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 7, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"Error: the tuning database {db} is not writable: Read-only file system"
+        if os.geteuid() == 0 else
+        f"Error: the tuning database {db} is not writable: Permission denied"], proc.stderr
+    assert sorted(p.name for p in db.iterdir()) == before
+
+
 def test_a_database_holds_one_method(tmp_path):
     """Records timed warm and records timed with flushed caches do not compare, prepacked
     kernels are other workloads: tuning a database with another method than its records' is

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import tvm
 
+from . import dbfiles
 from .cachedir import cache_root
 from .errors import BadInputError, DatabaseError
 from .records import RECORD_FILE
@@ -165,7 +166,27 @@ def writable(db_dir: Path) -> Path:
         raise BadInputError(f"{db_dir} is a compressed shipped database, read-only: tune into "
                             "your own (no --db), or into a copy unpacked with `python -m "
                             f"tvmshuffle.compact {db_dir} NEW_DIR`")
+    _probe_appends(db_dir)
     return db_dir
+
+
+def _probe_appends(db_dir: Path) -> None:
+    """Refuse a database this process cannot append to before any time is spent measuring for
+    it: an existing folder by opening its lock file and its files for appending (which a
+    read-only file system refuses to root too), a new one by its nearest existing parent."""
+    try:
+        if db_dir.exists():
+            if not db_dir.is_dir():
+                raise NotADirectoryError(20, "not a folder")
+            for path in (db_dir / dbfiles.LOCK_NAME, *sorted(db_dir.glob("*.json"))):
+                os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+            return
+        parent = next(p for p in db_dir.parents if p.exists())
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(13, f"cannot create folders in {parent}")
+    except OSError as err:
+        raise DatabaseError(f"the tuning database {db_dir} is not writable: "
+                            f"{err.strerror or err}") from err
 
 
 def shipped_db(target: TargetConfig, device: str) -> Path | None:
