@@ -217,3 +217,62 @@ def test_other_libraries_output_goes_to_the_log_file(tmp_path):
     usage = subprocess.run([sys.executable, "-m", "tvmshuffle.cli", "flops", "alexnet",
                             "--batch", "0"], capture_output=True, text=True, env=env, timeout=300)
     assert usage.returncode == 2 and "Error: Invalid value for '--batch'" in usage.stderr
+
+
+def test_a_silent_tracker_is_one_line_and_exit_6(tmp_path):
+    """From the command line, a tracker that accepts the connection and never answers ends
+    `deploy` with exit 6 and a line saying what was waited for, not a hang."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    accepted = []
+
+    def accept():
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    out = tmp_path / "o"
+    assert invoke("compile", "shufflenet_v1_g3_0.25x", "--input-size", "64x64", "-o",
+                  str(out)).exit_code == 0
+    try:
+        result = invoke("deploy", str(out), "--rpc-tracker",
+                        f"127.0.0.1:{listener.getsockname()[1]}", "--rpc-key", "phone")
+    finally:
+        listener.close()
+        for sock in accepted:
+            sock.close()
+    assert_one_line_error(result, "did not answer within", exit_code=6)
+
+
+def test_a_dynamic_onnx_model_is_compiled_at_the_size_and_batch_given(tmp_path, caplog):
+    """An ONNX file with dynamic batch, height and width: the command line says what it fixed
+    them to, and --input-size / --batch set them (manifest and numerics follow)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    dims = ["n", 3, "h", "w"]
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)])
+    path = tmp_path / "dynamic.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    result = invoke("compile", str(path), "--input-size", "8x12", "-o", str(tmp_path / "a"))
+    assert result.exit_code == 0, result.output
+    # a warning on the terminal (the command line's log handler; here pytest's)
+    assert "dynamic batch (--batch) compiled as 1x3x8x12" in caplog.text
+    caplog.clear()
+    result = invoke("compile", str(path), "--input-size", "8x12", "--batch", "2", "-o",
+                    str(tmp_path / "b"), "--json")
+    assert result.exit_code == 0, result.output
+    assert "dynamic" not in caplog.text
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["input"]["shape"] == [2, 3, 8, 12]
+    assert invoke("run", str(tmp_path / "b")).exit_code == 0
