@@ -116,7 +116,7 @@ def main() -> None:
             out_size = (size + 2 * (kernel // 2) - kernel) // stride + 1
             flop = 2 * out_size * out_size * cout * (cin // groups) * kernel * kernel
             for form, (mod, layout) in forms.items():
-                # the group-axis kernel is no conv2d to tune._classify: tune every task (the
+                # the group-axis kernel is no conv2d to pipeline.kernel_work: tune every task (the
                 # layout transposes or reshapes around the convolution too) and report the
                 # convolution's
                 config = tune.TuneConfig(tgt, Path(tmp) / f"{name}-{form}", trials=args.trials,

@@ -8,12 +8,16 @@
 #   rpc/emu_arm64.sh start [TRACKER_HOST:PORT] [KEY]     register (default 127.0.0.1:9190 emu-arm64),
 #                                                        in the foreground; Ctrl-C / SIGTERM stops it
 #   rpc/emu_arm64.sh python ARGS...                      run the emulated python (diagnostics)
+#   rpc/emu_arm64.sh counter                             (re)build the instruction counter alone
 #
 # Everything comes from package registries at set-up time: Debian's qemu-user, arm64 Debian
 # packages (python3.11 and the C/C++ runtime, fetched by an apt confined to the root, with arm64
 # as its only architecture, download-only, then unpacked with dpkg -x: installing python3:arm64
 # system-wide would replace the host's python), and PyPI's manylinux_2_28_aarch64 wheels.
 # The root lives in $TVMSHUFFLE_EMU_ROOT (default ~/.cache/tvmshuffle/emu-arm64).
+# The instruction counter of `tvmshuffle deploy --count-instructions` (rpc/insn_count.c, a qemu
+# plugin) is built at set-up time against the qemu-plugin.h of Debian's source package of the
+# installed qemu-user (fetched with a deb-src entry kept inside the root, then removed).
 # The server binds 127.0.0.1: it runs whatever code it is sent.
 set -euo pipefail
 
@@ -100,6 +104,42 @@ EOF
     touch "$root/site/.done-$tvm_version-$ffi_version"
 }
 
+counter_plugin() {
+    # Rebuilt when its source is newer than the plugin (a fresh clone: a few seconds).
+    local out=$root/plugins/libinsncount.so src=$here/insn_count.c
+    [ -f "$out" ] && [ "$out" -nt "$src" ] && return
+    command -v cc >/dev/null || die "cannot build the instruction counter: no C compiler (apt-get install gcc)"
+    local version
+    version=$(dpkg-query -W -f='${source:Version}' qemu-user 2>/dev/null) ||
+        die "cannot build the instruction counter: qemu-user is not installed"
+    local work=$root/.qemu-src
+    rm -rf "$work"
+    mkdir -p "$work/lists/partial" "$work/archives/partial" "$work/etc" "$root/plugins"
+    local sources=/etc/apt/sources.list.d/debian.sources
+    if [ -f "$sources" ]; then
+        sed 's/^Types: deb$/Types: deb-src/' "$sources" > "$work/etc/src.sources"
+    else
+        sed -n 's/^deb /deb-src /p' /etc/apt/sources.list > "$work/etc/src.list"
+    fi
+    local opts=(-o "Dir::State=$work" -o "Dir::State::status=/var/lib/dpkg/status"
+        -o "Dir::Cache=$work" -o "Dir::Etc::SourceParts=$work/etc" -o "Dir::Etc::SourceList=/dev/null"
+        -o "Debug::NoLocking=1" -o "APT::Sandbox::User=root" -o "quiet=2")
+    echo "emu_arm64: fetching Debian's source of qemu $version for qemu-plugin.h" >&2
+    apt-get "${opts[@]}" update >/dev/null ||
+        die "cannot build the instruction counter: Debian's source lists could not be fetched"
+    (cd "$work" && apt-get "${opts[@]}" source --download-only "qemu=$version" >/dev/null) ||
+        die "cannot build the instruction counter: Debian's source package qemu=$version could not be fetched"
+    tar -xJf "$work"/qemu_*.orig.tar.xz -C "$work" --wildcards '*/include/qemu/qemu-plugin.h' ||
+        die "cannot build the instruction counter: no qemu-plugin.h in Debian's qemu source"
+    local include
+    include=$(dirname "$(find "$work" -name qemu-plugin.h | head -n 1)")
+    cc -shared -fPIC -O2 -Wall -Werror -I "$include" "$src" -o "$out.tmp" -lpthread ||
+        die "cannot build the instruction counter: the compiler failed on $src"
+    mv "$out.tmp" "$out"
+    rm -rf "$work"
+    echo "emu_arm64: instruction counter built: $out" >&2
+}
+
 wrapper() {
     mkdir -p "$root/bin"
     cat > "$root/bin/python" <<EOF
@@ -109,7 +149,8 @@ export TVMSHUFFLE_EMU_PYTHON="$root/bin/python"
 export PYTHONPATH="$root/site"
 export PYTHONNOUSERSITE=1
 export LD_LIBRARY_PATH="/android-libs"
-exec qemu-aarch64 -L "$root" "$root/usr/bin/python3.11" "\$@"
+# TVMSHUFFLE_EMU_PLUGIN: a qemu plugin and its arguments (the instruction counter's runs)
+exec qemu-aarch64 \${TVMSHUFFLE_EMU_PLUGIN:+-plugin "\$TVMSHUFFLE_EMU_PLUGIN"} -L "$root" "$root/usr/bin/python3.11" "\$@"
 EOF
     chmod +x "$root/bin/python"
 }
@@ -120,6 +161,8 @@ setup)
     debian_root
     python_packages
     wrapper
+    # the device works without the counter: only `deploy --count-instructions` needs it
+    ( counter_plugin ) || echo "emu_arm64: continuing without the instruction counter" >&2
     "$root/bin/python" -c "import platform, tvm; print('emu_arm64: ready,', platform.machine(), 'tvm', tvm.__version__)"
     ;;
 start)
@@ -136,6 +179,9 @@ start)
     server=$!
     trap 'kill -TERM -- "-$server" 2>/dev/null; wait "$server"; exit 143' TERM INT
     wait "$server"
+    ;;
+counter)
+    counter_plugin
     ;;
 python)
     shift

@@ -2,14 +2,15 @@
 
 The Python API (``tvmshuffle.api``, loaded on first use so that the command line starts fast):
 ``load``, ``compile`` (an ``Artifact`` that runs, checks, times and saves itself), ``tune``,
-``deploy`` and ``compare``; errors are ``TvmShuffleError`` and its subclasses."""
+``deploy`` (``count_instructions`` on the emulated arm64 device) and ``compare``; errors are ``TvmShuffleError`` and its subclasses."""
 
 from .errors import (BadInputError, BuildError, DatabaseError, DeviceError, ImportFailedError,
                      NumericsError, TvmShuffleError)
 
 __version__ = "0.1.0"
 
-_API = ("Artifact", "Model", "compare", "compile", "deploy", "deployment", "load", "tune")
+_API = ("Artifact", "Model", "compare", "compile", "count_instructions", "deploy", "deployment",
+        "load", "tune")
 __all__ = [*_API, "BadInputError", "BuildError", "DatabaseError", "DeviceError",
            "ImportFailedError", "NumericsError", "TvmShuffleError", "__version__"]
 

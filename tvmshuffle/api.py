@@ -30,8 +30,8 @@ from . import bench, export, frontends, places, target
 from .errors import BadInputError, NumericsError
 from .frontends import ImportedModel as Model
 
-__all__ = ["Artifact", "Model", "compare", "compile", "deploy", "deployment", "load",
-           "tune"]
+__all__ = ["Artifact", "Model", "compare", "compile", "count_instructions", "deploy",
+           "deployment", "load", "tune"]
 
 
 def _size(input_size) -> tuple[int, int] | None:
@@ -290,6 +290,36 @@ def deploy(artifact: Artifact | str | Path, *, tracker: str | None = None,
     return report.deploy_json(*deployment(
         artifact, tracker=tracker, key=key, threads=threads, repeat=repeat, number=number,
         tolerance=tolerance, wait=wait, timeout=timeout, emulated=emulated, show=show))
+
+
+def countable(artifact: Artifact | str | Path, *, tracker: str | None = None,
+              key: str | None = None, emulated: bool | None = None) -> None:
+    """Refuse, before any work, what `deploy --count-instructions` cannot count: a library
+    not built for aarch64, a device that is no emulator (a phone runs the code itself), an
+    emulated device or counter not set up on this machine."""
+    from . import deploy as deploying
+    from . import insncount
+
+    path = artifact.path if isinstance(artifact, Artifact) else Path(artifact)
+    insncount.check_countable(bench.load_artifact(path))
+    if tracker and not deploying.is_emulated(key or "", emulated):
+        raise BadInputError(f"device '{key}' is not emulated: instructions are counted on the "
+                            "emulated arm64 device (rpc/emu_arm64.sh; or --emulated)")
+
+
+def count_instructions(artifact: Artifact | str | Path, *,
+                       tolerance: float = bench.DEFAULT_TOLERANCE, show: bool = False):
+    """One inference of an aarch64 artifact on the emulated arm64 device set up on this
+    machine (rpc/emu_arm64.sh), its output checked, its dynamic instructions counted per
+    kernel (``insncount.Counted``; ``.as_json()`` is what `deploy --count-instructions
+    --json` prints under "instructions")."""
+    from . import insncount, report
+
+    countable(artifact)
+    path = artifact.path if isinstance(artifact, Artifact) else Path(artifact)
+    with report.step("counting the instructions of one inference on the emulated arm64 device",
+                     quiet=not show):
+        return insncount.count(bench.load_artifact(path), tolerance)
 
 
 def compare(models: tuple[str, ...] | None = None,

@@ -447,22 +447,41 @@ def run(out_dir: Path, threads: int, repeat: int, number: int, tolerance: float,
 @click.option("--emulated/--not-emulated", default=None,
               help="Label the timings as an emulator's (default: when the key starts with "
                    "'emu').")
+@click.option("--count-instructions", is_flag=True,
+              help="Count what an aarch64 library executes: one inference on the emulated "
+                   "arm64 device set up here (rpc/emu_arm64.sh) under an instruction counter, "
+                   "output checked; per kernel MACs, dynamic instructions, vector FMAs, FMA "
+                   "lane use, instructions per MAC (caches not modelled). Without "
+                   "--rpc-tracker only the count runs; a key that is not emulated is refused.")
 @json_option
 def deploy(out_dir: Path, rpc_tracker, rpc_key, threads, repeat, number, tolerance, wait,
-           timeout, emulated, as_json) -> None:
+           timeout, emulated, count_instructions, as_json) -> None:
     """Upload a compiled artifact to a device over TVM RPC, check its output against the host
     reference and time it there; the uploaded file is removed afterwards. Without
     --rpc-tracker, the device is this machine's CPU behind an embedded tracker."""
-    from . import api, report
+    from . import api, bench, insncount, report
 
-    manifest, deployed = api.deployment(out_dir, tracker=rpc_tracker, key=rpc_key,
-                                        threads=threads, repeat=repeat, number=number,
-                                        tolerance=tolerance, wait=wait, timeout=timeout,
-                                        emulated=emulated, show=not as_json)
+    if count_instructions:
+        api.countable(out_dir, tracker=rpc_tracker, key=rpc_key, emulated=emulated)
+    manifest, deployed, counted = bench.load_artifact(out_dir).manifest, None, None
+    if rpc_tracker or not count_instructions:
+        manifest, deployed = api.deployment(out_dir, tracker=rpc_tracker, key=rpc_key,
+                                            threads=threads, repeat=repeat, number=number,
+                                            tolerance=tolerance, wait=wait, timeout=timeout,
+                                            emulated=emulated, show=not as_json)
+    if count_instructions:
+        counted = api.count_instructions(out_dir, tolerance=tolerance, show=not as_json)
     if as_json:
-        report.emit_json(report.deploy_json(manifest, deployed))
-    else:
+        data = (report.deploy_json(manifest, deployed) if deployed
+                else {"model": manifest["model"]})
+        if counted:
+            data["instructions"] = counted.as_json()
+        report.emit_json(data)
+        return
+    if deployed:
         report.deploy_table(manifest, deployed)
+    if counted:
+        insncount.table(counted, report.out)
 
 
 class Terminated(KeyboardInterrupt):

@@ -79,6 +79,8 @@ class Compiled:
     schedules: dict[str, str] = field(default_factory=dict)
     fallback_dbs: tuple[Path, ...] = ()  # of CompileConfig's, those applied
     prepacked: bool = False  # weights repacked at build time into the layouts kernels read
+    # multiply-adds of each kernel per inference (pipeline.kernel_macs), for per-kernel counts
+    kernel_macs: dict[str, int] = field(default_factory=dict)
 
 
 def compile_module(mod: tvm.IRModule, config: CompileConfig) -> Compiled:
@@ -89,7 +91,8 @@ def compile_module(mod: tvm.IRModule, config: CompileConfig) -> Compiled:
     if config.db is None and not config.default_schedules:  # TVM's loops throughout
         running = pipeline.running_tasks(pipeline.fuse(mod, target), target)
         return Compiled(*build(lambda: pipeline.lower(mod, target), target),
-                        schedules={task.task_name: TVM_LOOPS for task in running})
+                        schedules={task.task_name: TVM_LOOPS for task in running},
+                        kernel_macs=pipeline.kernel_macs(running, config.layout))
     method, picks, ranked, chosen, picked = None, 0, None, {}, set()
     if config.db is not None:
         ranked = records.read_ranked(config.db, target)
@@ -128,7 +131,8 @@ def compile_module(mod: tvm.IRModule, config: CompileConfig) -> Compiled:
             sources[task.task_name] = TVM_LOOPS
     return Compiled(*build(lambda: pipeline.lower_fused(fused, target, database, prepack),
                            target), method, picks, dict(sorted(elsewhere.items())),
-                    dict(sorted(sources.items())), fallbacks, prepack)
+                    dict(sorted(sources.items())), fallbacks, prepack,
+                    pipeline.kernel_macs(tasks, config.layout))
 
 
 def _fallbacks(config: CompileConfig, method: records.Method | None) -> list[Path]:
@@ -230,6 +234,8 @@ def write_artifact(out_dir: Path, compiled: Compiled, model: frontends.ImportedM
         "library": {"file": SO_NAME, "sha256": sha256(so_path),
                     "bytes": so_path.stat().st_size},
         "kernels": list(compiled.kernels),
+        # multiply-adds per inference of each kernel that does any (deploy --count-instructions)
+        "kernel_macs": compiled.kernel_macs,
         "fuse_shuffle": config.fuse_shuffle,
         "layout": config.layout,
         "tuning": {"db": str(config.db) if config.db else None,

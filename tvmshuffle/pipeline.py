@@ -24,6 +24,7 @@ default for the target (legalize, FoldConstant, FuseOps, FuseTIR, lower to the V
 from __future__ import annotations
 
 import collections
+import math
 
 import tvm
 from tvm import relax
@@ -114,6 +115,43 @@ def lower_fused(mod: tvm.IRModule, target: tvm.target.Target, database,
                        relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()]
         passes += cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)
         return tvm.transform.Sequential(passes)(mod)
+
+
+def kernel_work(func: tvm.tirx.PrimFunc, layout: str) -> tuple[str, int]:
+    """(kind, multiply-adds per call) of a fused kernel, from its anchor block's buffers (the
+    convolutions' ``layout``: NCHW data with OIHW weights, or NHWC with HWIO): grouped,
+    depthwise, conv, dense, or other (no multiply-adds counted)."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    shapes = [tuple(int(d) for d in p.ty.shape) for p in func.params]
+    out = shapes[-1]
+    if any("conv2d_nhwgc" in n for n in names) and len(shapes) >= 3:
+        # passes/group_axis.py: (n, h, w, g, c / g), (g, c / g, o / g), a 1x1 group conv
+        return "grouped", math.prod(out) * shapes[1][1]
+    if any("conv" in n for n in names) and len(shapes) >= 3 and len(shapes[0]) == 4:
+        data, weight = shapes[0], shapes[1]
+        if layout.upper() != "NCHW":  # (n, h, w, c), (kh, kw, c / groups, o)
+            channels, in_per_group, window = data[3], weight[2], weight[0] * weight[1]
+        else:  # (n, c, h, w), (o, c / groups, kh, kw)
+            channels, in_per_group, window = data[1], weight[1], weight[2] * weight[3]
+        macs = math.prod(out) * in_per_group * window
+        groups = channels // in_per_group if in_per_group else 1
+        if groups == 1:
+            return "conv", macs
+        return ("depthwise" if in_per_group == 1 else "grouped"), macs
+    if any("matmul" in n or "dense" in n for n in names) and len(shapes) >= 3:
+        return "dense", math.prod(out) * shapes[0][-1]
+    return "other", 0
+
+
+def kernel_macs(tasks: list, layout: str) -> dict[str, int]:
+    """Multiply-adds of each kernel that runs, per inference (its calls x its work per call),
+    of ``running_tasks``; kernels with none left out."""
+    work = {task.task_name: int(task.weight) * kernel_work(task.dispatched[0]["main"], layout)[1]
+            for task in tasks}
+    return {name: macs for name, macs in sorted(work.items()) if macs}
 
 
 def kernel_names(mod: tvm.IRModule) -> list[str]:

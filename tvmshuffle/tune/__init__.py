@@ -33,7 +33,7 @@ from .measure import keep_untuned_if_faster, measure_untuned, remeasure, seed_de
 from .refine import refine
 from .search import GAIN, _progress_callback, tasks_of, tune, tune_tasks
 from .tasks import (DEFAULT_OPS, OPS_CHOICES, REMEASURE, Progress, Task, TaskResult, TuneConfig,
-                    _classify, _cpu_of, _records, _signature, _workload_records, extract_tasks,
+                    _cpu_of, _records, _signature, _workload_records, extract_tasks,
                     foreign_schedules, select)
 
 __all__ = [

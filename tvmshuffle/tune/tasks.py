@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,34 +106,6 @@ class Progress:
 # ---------------------------------------------------------------------------------------- tasks
 
 
-def _classify(func: tvm.tirx.PrimFunc, layout: str) -> tuple[str, int]:
-    """(kind, multiply-adds per call) of a fused kernel, from its anchor block's buffers (the
-    convolutions' ``layout``: NCHW data with OIHW weights, or NHWC with HWIO)."""
-    from tvm import s_tir
-
-    sch = s_tir.Schedule(func)
-    names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
-    shapes = [tuple(int(d) for d in p.ty.shape) for p in func.params]
-    out = shapes[-1]
-    if any("conv2d_nhwgc" in n for n in names) and len(shapes) >= 3:
-        # passes/group_axis.py: (n, h, w, g, c / g), (g, c / g, o / g), a 1x1 group conv
-        return "grouped", math.prod(out) * shapes[1][1]
-    if any("conv" in n for n in names) and len(shapes) >= 3 and len(shapes[0]) == 4:
-        data, weight = shapes[0], shapes[1]
-        if layout != "NCHW":  # (n, h, w, c), (kh, kw, c / groups, o)
-            channels, in_per_group, window = data[3], weight[2], weight[0] * weight[1]
-        else:  # (n, c, h, w), (o, c / groups, kh, kw)
-            channels, in_per_group, window = data[1], weight[1], weight[2] * weight[3]
-        macs = math.prod(out) * in_per_group * window
-        groups = channels // in_per_group if in_per_group else 1
-        if groups == 1:
-            return "conv", macs
-        return ("depthwise" if in_per_group == 1 else "grouped"), macs
-    if any("matmul" in n or "dense" in n for n in names) and len(shapes) >= 3:
-        return "dense", math.prod(out) * shapes[0][-1]
-    return "other", 0
-
-
 def extract_tasks(mod: tvm.IRModule, config: TuneConfig) -> list[Task]:
     """All tasks of ``mod`` after the graph passes and the zero pipeline, heaviest first.
     Kernels that only reshape are left out (``pipeline.running_tasks``): they never run and
@@ -145,7 +116,7 @@ def extract_tasks(mod: tvm.IRModule, config: TuneConfig) -> list[Task]:
     lowered = pipeline.fuse(optimized, target, config.method.prepack)
     tasks = []
     for extracted in pipeline.running_tasks(lowered, target):
-        kind, macs = _classify(extracted.dispatched[0]["main"], config.layout)
+        kind, macs = pipeline.kernel_work(extracted.dispatched[0]["main"], config.layout)
         tasks.append(Task(extracted.task_name, kind, int(extracted.weight), macs, extracted))
     tasks.sort(key=lambda t: (-t.weight * t.macs, t.name))
     return tasks
