@@ -9,6 +9,8 @@
 #                                                        in the foreground; Ctrl-C / SIGTERM stops it
 #   rpc/emu_arm64.sh python ARGS...                      run the emulated python (diagnostics)
 #   rpc/emu_arm64.sh counter                             (re)build the instruction counter alone
+#   rpc/emu_arm64.sh ncnn                                PyPI's aarch64 ncnn wheel into the root's
+#                                                        site-ncnn/ (benchmarks/arm_instructions.py)
 #
 # Everything comes from package registries at set-up time: Debian's qemu-user, arm64 Debian
 # packages (python3.11 and the C/C++ runtime, fetched by an apt confined to the root, with arm64
@@ -182,6 +184,23 @@ start)
     ;;
 counter)
     counter_plugin
+    ;;
+ncnn)
+    # Kept apart from site/ (the device's TVM): only the ncnn comparison puts it on its path.
+    [ -x "$root/bin/python" ] || die "not set up: run rpc/emu_arm64.sh setup"
+    if [ ! -f "$root/site-ncnn/.done" ]; then
+        echo "emu_arm64: fetching the aarch64 ncnn wheel" >&2
+        rm -rf "$root/site-ncnn"
+        pip=(python3 -m pip)
+        [ -n "${PYTHON:-}" ] && pip=("$PYTHON" -m pip)
+        "${pip[@]}" install -q --root-user-action=ignore --disable-pip-version-check --no-deps \
+            --target "$root/site-ncnn" --only-binary=:all: \
+            --python-version 3.11 --implementation cp --abi cp311 \
+            --platform manylinux_2_28_aarch64 --platform manylinux_2_17_aarch64 \
+            --platform manylinux2014_aarch64 --platform linux_aarch64 "ncnn${TVMSHUFFLE_EMU_NCNN:+==$TVMSHUFFLE_EMU_NCNN}"
+        touch "$root/site-ncnn/.done"
+    fi
+    "$root/bin/python" -c "import sys; sys.path.insert(0, '$root/site-ncnn'); import ncnn; print('emu_arm64: ncnn', ncnn.__version__)"
     ;;
 python)
     shift

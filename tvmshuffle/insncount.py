@@ -45,6 +45,9 @@ PLUGIN = "plugins/libinsncount.so"
 OUTSIDE = "(outside the library: TVM runtime, libc)"
 CLASSES = ("vector_fma", "simd_fp_other", "loads", "stores", "branches", "scalar_other")
 TIMEOUT_S = 1800
+# ARMv8.0-A with NEON, the ISA of the Snapdragon 820 class (Kryo): qemu's default core ("max")
+# also has SVE, fp16 and dot-product instructions, which an engine may pick at run time
+EMULATED_CPU = "cortex-a72"
 
 
 def emu_root() -> Path:
@@ -163,37 +166,52 @@ def check_countable(artifact: bench.Artifact) -> Path:
 def count(artifact: bench.Artifact, tolerance: float = bench.DEFAULT_TOLERANCE) -> Counted:
     """One inference of ``artifact`` on the emulated arm64 device, counted per kernel; its
     output checked against the reference first (NumericsError: no counts for a wrong run)."""
-    root = check_countable(artifact)
+    check_countable(artifact)
     with tempfile.TemporaryDirectory(prefix="tvmshuffle-count-") as tmp:
         work = Path(tmp)
         np.save(work / "input.npy", artifact.input)
-        counts_file = work / "counts.txt"
-        env = {**os.environ, "TVM_NUM_THREADS": "1",
-               "TVMSHUFFLE_EMU_PLUGIN": f"{root / PLUGIN},out={counts_file}"}
         start = time.perf_counter()
-        try:
-            proc = subprocess.run([str(root / "bin" / "python"), str(GUEST_SCRIPT),
-                                   str(artifact.library.resolve()), str(work / "input.npy"),
-                                   str(work)], env=env, capture_output=True, text=True,
-                                  timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired as err:
-            raise DeviceError(f"the counted run on the emulated device did not end within "
-                              f"{TIMEOUT_S} s") from err
+        counts = counted_run([str(GUEST_SCRIPT), str(artifact.library.resolve()),
+                              str(work / "input.npy"), str(work)], work)
         seconds = time.perf_counter() - start
-        if proc.returncode != 0 or not counts_file.is_file():
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise DeviceError(f"the counted run on the emulated device failed "
-                              f"(exit {proc.returncode}): {last}")
         outputs = [np.load(work / f"output_{i}.npy") for i in range(len(artifact.expected))]
         err = bench.max_abs_error(outputs, artifact.expected)
         if not err <= tolerance:
             raise NumericsError(f"max abs error {err:.3g} on the emulated device exceeds "
                                 f"tolerance {tolerance:g}: no counts for a wrong result")
         maps = json.loads((work / "maps.json").read_text())
-        kernels, outside = attribute(read_counts(counts_file), maps, artifact.library,
+        kernels, outside = attribute(counts, maps, artifact.library,
                                      artifact.manifest.get("kernel_macs", {}))
     return Counted(str(artifact.library), artifact.target.triple, kernels, outside, err,
-                   seconds, {"qemu": _qemu_version(), "threads": 1})
+                   seconds, emulator())
+
+
+def emulator() -> dict:
+    return {"qemu": _qemu_version(), "cpu": EMULATED_CPU, "threads": 1}
+
+
+def counted_run(args: list[str], work: Path) -> dict[int, tuple[int, int]]:
+    """Run the emulated device's python with ``args`` under the counter (one thread, the
+    EMULATED_CPU core), the counts file in ``work``, and return the counts of the window the
+    run marked: {address: (encoding, executions)}."""
+    root = emu_root()
+    counts_file = work / "counts.txt"
+    counts_file.unlink(missing_ok=True)
+    env = {**os.environ, "TVM_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+           "QEMU_CPU": EMULATED_CPU,
+           "TVMSHUFFLE_EMU_PLUGIN": f"{root / PLUGIN},out={counts_file}"}
+    try:
+        proc = subprocess.run([str(root / "bin" / "python"), *args], env=env,
+                              capture_output=True, text=True, timeout=TIMEOUT_S,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as err:
+        raise DeviceError(f"the counted run on the emulated device did not end within "
+                          f"{TIMEOUT_S} s") from err
+    if proc.returncode != 0 or not counts_file.is_file():
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise DeviceError(f"the counted run on the emulated device failed "
+                          f"(exit {proc.returncode}): {last}")
+    return read_counts(counts_file)
 
 
 def read_counts(path: Path) -> dict[int, tuple[int, int]]:
