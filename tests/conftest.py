@@ -3,12 +3,15 @@ in-process, its one-line errors, and device servers registered at a loopback tra
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import pytest
@@ -25,6 +28,31 @@ os.environ[schedule_cache.CACHE_ENV] = tempfile.mkdtemp(prefix="tvmshuffle-test-
 os.environ[logs.LOG_ENV] = tempfile.mkdtemp(prefix="tvmshuffle-test-logs-")
 # and the user's own tuning databases: a test that tunes without --db never adds to the user's
 os.environ[places.HOME_ENV] = tempfile.mkdtemp(prefix="tvmshuffle-test-home-")
+
+
+@contextlib.contextmanager
+def silent_tracker():
+    """A loopback port that accepts connections and never answers (a hung tracker): yields
+    its port."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    accepted = []
+
+    def accept():
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+        for sock in accepted:
+            sock.close()
 
 
 def invoke(*args: str):

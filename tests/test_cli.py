@@ -222,32 +222,14 @@ def test_other_libraries_output_goes_to_the_log_file(tmp_path):
 def test_a_silent_tracker_is_one_line_and_exit_6(tmp_path):
     """From the command line, a tracker that accepts the connection and never answers ends
     `deploy` with exit 6 and a line saying what was waited for, not a hang."""
-    import socket
-    import threading
+    from conftest import silent_tracker
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    accepted = []
-
-    def accept():
-        while True:
-            try:
-                accepted.append(listener.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
     out = tmp_path / "o"
     assert invoke("compile", "shufflenet_v1_g3_0.25x", "--input-size", "64x64", "-o",
                   str(out)).exit_code == 0
-    try:
-        result = invoke("deploy", str(out), "--rpc-tracker",
-                        f"127.0.0.1:{listener.getsockname()[1]}", "--rpc-key", "phone")
-    finally:
-        listener.close()
-        for sock in accepted:
-            sock.close()
+    with silent_tracker() as port:
+        result = invoke("deploy", str(out), "--rpc-tracker", f"127.0.0.1:{port}",
+                        "--rpc-key", "phone")
     assert_one_line_error(result, "did not answer within", exit_code=6)
 
 

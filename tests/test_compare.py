@@ -43,6 +43,25 @@ def test_speedup_over_the_baselines_fastest_engine():
                                                                            (224, 224))]
 
 
+def test_an_emulated_devices_speedups_are_measured_by_instructions():
+    """Counted instructions, where the emulated device's cells have them, measure the speedups
+    and the family's slope instead of the emulator's milliseconds (which here say otherwise)."""
+    cells = [compare.Cell("alexnet", (224, 224), 720, latency_ms=100.0, instructions=900),
+             compare.Cell("shufflenet_v1_g3_0.5x", (224, 224), 40, latency_ms=50.0,
+                          instructions=60),
+             compare.Cell("shufflenet_v1_g3_1.0x", (224, 224), 160, latency_ms=60.0,
+                          instructions=60 * 4 ** 0.8)]
+    assert compare.measured_by(cells) == "instructions"
+    entry = compare.speedups(cells, "alexnet")[("shufflenet_v1_g3_0.5x", (224, 224))]
+    assert entry["measured"] == pytest.approx(15.0)  # 900 / 60, not 100 / 50
+    assert compare.flops_to_speed(cells)["slope"] == pytest.approx(0.8)
+    for c in cells:
+        c.instructions = None
+    assert compare.measured_by(cells) == "latency_ms"
+    assert compare.speedups(cells, "alexnet")[("shufflenet_v1_g3_0.5x", (224, 224))][
+        "measured"] == pytest.approx(2.0)
+
+
 def test_flops_to_speed_fit():
     """Latency growing as FLOPs**0.69 at every size gives the paper's 4x -> 2.6x."""
     cells = []

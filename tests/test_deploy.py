@@ -232,7 +232,8 @@ def test_device_lost_mid_run(host_tracker, host_small):
 
 def test_compare_on_the_emulated_device(emu, tmp_path):
     """`compare --rpc-tracker --rpc-key` runs the grid on the emulated device: every cell is
-    checked and timed there, and the report says the timings are emulated."""
+    checked and timed there, the report says the timings are emulated, and the instructions of
+    one inference, counted, are what it measures speedups by."""
     out = tmp_path / "report"
     result = invoke("compare", "--target", "arm-linux", "--rpc-tracker", emu.address,
                     "--rpc-key", EMU_KEY, "--models",
@@ -245,6 +246,12 @@ def test_compare_on_the_emulated_device(emu, tmp_path):
     assert all(row["latency_ms"] and row["max_abs_err"] <= 1e-4 for row in data["rows"]), \
         [row["error"] for row in data["rows"]]
     assert "EMULATED" in (out / "report.md").read_text()
+    assert data["measured_by"] == "instructions"
+    assert all(row["instructions"] > 0 and row["fma_lane_use"] > 0.5 for row in data["rows"])
+    small, mobilenet = (next(r for r in data["rows"] if r["model"] == name)
+                        for name in ("shufflenet_v1_g3_0.25x", "mobilenet_v1_0.25"))
+    assert small["instructions"] < mobilenet["instructions"]  # 1.3 against 3.9 MMACs
+    assert "speedups measured by: instructions counted" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("sig, code, word", [

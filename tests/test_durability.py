@@ -212,35 +212,17 @@ def test_embedded_servers_die_with_a_process_killed_with_9():
 def test_a_silent_tracker_is_an_error_in_bounded_time():
     """A tracker that accepts connections and never answers: the query ends with a
     DeviceError saying what was waited for and how long, not a hang."""
-    import socket
-    import threading
     import time
 
+    from conftest import silent_tracker
     from tvmshuffle import remote
     from tvmshuffle.errors import DeviceError
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    accepted = []
-
-    def accept():
-        while True:
-            try:
-                accepted.append(listener.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    config = remote.TrackerConfig("127.0.0.1", listener.getsockname()[1], "any")
     start = time.monotonic()
-    try:
+    with silent_tracker() as port:
+        config = remote.TrackerConfig("127.0.0.1", port, "any")
         with pytest.raises(DeviceError, match="did not answer within 2 s"):
             remote.free_devices(config, timeout=2)
-    finally:
-        listener.close()
-        for sock in accepted:
-            sock.close()
     assert time.monotonic() - start < 30
 
 

@@ -81,6 +81,9 @@ class Cell:
     kernels: int = 0
     peers_ms: dict | None = None  # engine -> ms on the host
     error: str | None = None  # why the cell is missing
+    # on an emulated arm64 device, counted here (insncount): one inference's instructions
+    instructions: int | None = None
+    fma_lane_use: float | None = None
 
 
 def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
@@ -124,6 +127,8 @@ def measure_cell(imported: frontends.ImportedModel, name: str, size: tuple[int, 
         return cell
     cell.latency_ms = result.latency.median_ms
     cell.max_abs_err = result.max_abs_err
+    if deploy.is_emulated(config.tracker.key, config.emulated):
+        _count(cell, artifact)
     sources = list(manifest["tuning"]["schedules"].values())
     cell.tuned_kernels = sources.count("record")
     cell.default_kernels = sources.count("default")
@@ -149,6 +154,26 @@ def _peers(name: str, imported, artifact: bench.Artifact, config: CompareConfig,
             log.warning("ONNX Runtime disagrees with PyTorch on %s by %.2g", name, err)
         peers["onnxruntime"] = bench.time_callable(runner, config.repeat).median_ms
     return peers
+
+
+def _count(cell: Cell, artifact: bench.Artifact) -> None:
+    """An emulated device's timings mean nothing: count the instructions of an aarch64
+    library on the emulated device set up here instead, when it is (``insncount``)."""
+    from . import insncount
+
+    try:
+        counted = insncount.count(artifact)
+    except TvmShuffleError as err:
+        log.warning("%s at %sx%s: no instruction count (%s)", cell.model, *cell.size, err)
+        return
+    cell.instructions = counted.network.instructions + counted.outside.instructions
+    cell.fma_lane_use = counted.network.lane_utilisation
+
+
+def measured_by(cells: list[Cell]) -> str:
+    """What measured speedups compare: instruction counts when the device was emulated and
+    they were counted, else latencies."""
+    return "instructions" if any(c.instructions for c in cells) else "latency_ms"
 
 
 def environment(config: CompareConfig, where: str) -> dict:
@@ -193,20 +218,21 @@ def run(config: CompareConfig, progress=None,
 
 def speedups(cells: list[Cell], baseline: str,
              peers_comparable: bool = False) -> dict[tuple[str, tuple[int, int]], dict]:
-    """Per (model, size): theoretical (FLOPs) and measured (latency) speedup over ``baseline``
-    at the same size, and efficiency = measured / theoretical. With ``peers_comparable`` (the
+    """Per (model, size): theoretical (FLOPs) and measured (latency; on an emulated device,
+    instructions counted) speedup over ``baseline`` at the same size, and efficiency = measured / theoretical. With ``peers_comparable`` (the
     device is this machine, where the peers ran), also the speedup over the baseline as the
     fastest engine of the run ran it (ours, PyTorch or ONNX Runtime): a baseline served worse
     by one engine than by another would otherwise flatter the models against it."""
     base = {c.size: c for c in cells if c.model == baseline}
+    metric = measured_by(cells)
     result = {}
     for cell in cells:
         ref = base.get(cell.size)
         if ref is None:
             continue
         theoretical = ref.macs / cell.macs
-        measured = (ref.latency_ms / cell.latency_ms
-                    if ref.latency_ms and cell.latency_ms else None)
+        ours, theirs = getattr(cell, metric), getattr(ref, metric)
+        measured = theirs / ours if ours and theirs else None
         entry = {"theoretical": theoretical, "measured": measured,
                  "efficiency": measured / theoretical if measured else None}
         engines = {**(ref.peers_ms or {}), **({"tvmshuffle": ref.latency_ms}
@@ -221,14 +247,15 @@ def speedups(cells: list[Cell], baseline: str,
 
 
 def flops_to_speed(cells: list[Cell], family: str = "shufflenet") -> dict | None:
-    """Least-squares slope b of log(latency) against log(FLOPs) over a model family at each
-    size: k x fewer FLOPs gives k**b x the speed (the paper: 4x -> 2.6x, b = 0.69)."""
+    """Least-squares slope b of log(latency) (or of instructions, ``measured_by``) against
+    log(FLOPs) over a model family at each size: k x fewer FLOPs gives k**b x the speed (the paper: 4x -> 2.6x, b = 0.69)."""
     # one intercept per size, one slope for all: centre each size's points
     by_size: dict = {}
+    metric = measured_by(cells)
     for cell in cells:
-        if cell.model.startswith(family) and cell.latency_ms:
+        if cell.model.startswith(family) and getattr(cell, metric):
             by_size.setdefault(cell.size, []).append((math.log(cell.macs),
-                                                      math.log(cell.latency_ms)))
+                                                      math.log(getattr(cell, metric))))
     xs, ys = [], []
     for group in by_size.values():
         if len(group) < 2:

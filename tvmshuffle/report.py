@@ -441,19 +441,25 @@ def compare_json(cells, config, environment: dict) -> dict:
             "kernels": cell.kernels,
             "measured_elsewhere": cell.measured_elsewhere,
             "peers_ms": cell.peers_ms, "error": cell.error, "paper_sd820_ms": paper,
+            "instructions": cell.instructions, "fma_lane_use": cell.fma_lane_use,
             "speedup_over": {b: over[b].get(key) for b in over},
         })
-    return {"environment": environment, "rows": rows,
+    return {"environment": environment, "rows": rows, "measured_by": compare.measured_by(cells),
             "flops_to_speed": compare.flops_to_speed(cells)}
 
 
 def compare_table(data: dict, console: Console | None = None) -> None:
     console = console or out
     env = data["environment"]
+    by_count = data.get("measured_by") == "instructions"
     table = Table(title=f"FLOPs vs measured latency on {env['device']} ({env['threads']} "
                         f"thread(s){', EMULATED: timings mean nothing' if env['emulated'] else ''})"
-                        "; speedups: theoretical / measured (efficiency)")
-    for column in ("model", "size", "MFLOPs", "tvmshuffle ms", "tuned", "host PyTorch ms",
+                        "; speedups: theoretical / measured (efficiency)"
+                        + (", measured by instructions counted on the emulated device"
+                           if by_count else ""))
+    for column in ("model", "size", "MFLOPs",
+                   "tvmshuffle M instructions (FMA lane use)" if by_count else "tvmshuffle ms",
+                   "tuned", "host PyTorch ms",
                    "host ORT ms", "paper SD820 ms", "vs AlexNet", "vs MobileNet"):
         table.add_column(column, justify="left" if column in ("model", "size") else "right",
                          no_wrap=column in ("model", "size"))
@@ -472,6 +478,11 @@ def compare_table(data: dict, console: Console | None = None) -> None:
         peers = row["peers_ms"] or {}
         latency = (f"{row['latency_ms']:.2f}" if row["latency_ms"] is not None
                    else "[red]missing[/red]")
+        if by_count:
+            lanes = row.get("fma_lane_use")
+            latency = (f"{row['instructions'] / 1e6:.1f} ({100 * lanes:.0f}%)" if lanes
+                       else f"{row['instructions'] / 1e6:.1f}" if row.get("instructions")
+                       else "[red]not counted[/red]")
         table.add_row(row["model"], row["size"], f"{row['mflops']:.0f}", latency,
                       f"{row['tuned_kernels']}/{row['kernels']}"
                       + (f" +{row['default_kernels']} default" if row.get("default_kernels")
@@ -487,7 +498,8 @@ def compare_table(data: dict, console: Console | None = None) -> None:
     fit = data["flops_to_speed"]
     if fit:
         speed = fit["speed_for_4x_fewer_flops"]
-        console.print(f"ShuffleNet family: 4x fewer FLOPs -> {speed:.2f}x faster "
+        console.print(f"ShuffleNet family: 4x fewer FLOPs -> {speed:.2f}x "
+                      f"{'fewer instructions' if by_count else 'faster'} "
                       f"(slope {fit['slope']:.2f}; the paper: 4x -> 2.6x)")
     for row in data["rows"]:
         if row["error"]:
@@ -507,6 +519,9 @@ def write_compare(report_dir, data: dict) -> None:
     (report_dir / "report.md").write_text(
         "# tvmshuffle compare\n\n"
         + "".join(f"- {k}: {v}\n" for k, v in env.items())
+        + ("- speedups measured by: instructions counted on the emulated device (one "
+           "inference each; the emulator's timings mean nothing)\n"
+           if data.get("measured_by") == "instructions" else "")
         + "\n```\n" + record.export_text() + "```\n\n![FLOPs vs latency](speedup.png)\n")
     _plot(data, report_dir / "speedup.png")
 
@@ -552,12 +567,16 @@ def _plot(data: dict, path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 6))
     series: dict = {}
+    # an emulated device's instruction counts, in millions, where its timings mean nothing;
+    # then the host peers' and the paper's milliseconds are another unit and stay out
+    by_count = data.get("measured_by") == "instructions"
+    key, scale = ("instructions", 1e-6) if by_count else ("latency_ms", 1.0)
     for row in data["rows"]:
         flops = row["mflops"]
-        if row["latency_ms"]:
+        if row.get(key):
             series.setdefault(("tvmshuffle", row["size"]), []).append(
-                (flops, row["latency_ms"], row["model"]))
-        for engine, ms_value in (row["peers_ms"] or {}).items():
+                (flops, row[key] * scale, row["model"]))
+        for engine, ms_value in ({} if by_count else row["peers_ms"] or {}).items():
             series.setdefault((f"{engine} (host)", row["size"]), []).append(
                 (flops, ms_value, row["model"]))
     # colour and marker name the engine, the line style the input size; the ShuffleNet family
@@ -573,26 +592,27 @@ def _plot(data: dict, path) -> None:
     # the paper's phone, at the FLOPs we count for the same model and size (ours reproduce
     # the paper's at 224x224)
     counted = {(r["model"], r["size"]): r["mflops"] for r in data["rows"]}
-    for size in compare.DEFAULT_SIZES:
+    for size in () if by_count else compare.DEFAULT_SIZES:
         points = [(counted[(model, _size(size))], by_size[size], model)
                   for model, (_, by_size) in compare.PAPER_SD820_MS.items()
                   if (model, _size(size)) in counted]
         if points:
             _family_and_points(ax, points, "*", "grey", ":", f"paper SD820 {_size(size)}",
                                label_points=False, alpha=0.6)
-    measured = [(r["mflops"], r["latency_ms"]) for r in data["rows"] if r["latency_ms"]]
+    measured = [(r["mflops"], r[key] * scale) for r in data["rows"] if r.get(key)]
+    what = "instructions" if by_count else "latency"
     if measured:
         x0, y0 = min(measured)
         xs = [min(m for m, _ in measured), max(m for m, _ in measured) * 2]
         ax.plot(xs, [y0 * x / x0 for x in xs], color="black", linewidth=0.8,
-                label="ideal: latency proportional to FLOPs")
+                label=f"ideal: {what} proportional to FLOPs")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("MFLOPs (multiply-adds, at the input size)")
-    ax.set_ylabel("latency, ms")
+    ax.set_ylabel("instructions of one inference, millions" if by_count else "latency, ms")
     env = data["environment"]
-    ax.set_title(f"FLOPs vs latency on {env['device']}" + (" (emulated)" if env["emulated"]
-                                                            else ""))
+    ax.set_title(f"FLOPs vs {what} on {env['device']}" + (" (emulated)" if env["emulated"]
+                                                          else ""))
     ax.legend(fontsize=7, ncol=2)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
