@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import subprocess
@@ -99,10 +100,8 @@ def ncnn_counts(name: str, artifact_dir: Path, macs: int, work: Path) -> dict:
 
 
 def setup() -> None:
-    try:
-        import pnnx  # noqa: F401
-    except ImportError:
-        raise SystemExit("pnnx is not installed: pip install pnnx") from None
+    if importlib.util.find_spec("pnnx") is None:
+        raise SystemExit("pnnx is not installed: pip install pnnx")
     for step in ("setup", "ncnn"):
         subprocess.run(["bash", str(REPO / "rpc" / "emu_arm64.sh"), step], check=True,
                        env={**os.environ, "PYTHON": sys.executable})

@@ -183,15 +183,16 @@ def test_the_plot_joins_the_shufflenet_family_and_names_the_other_models():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tvmshuffle import report
+    from tvmshuffle import compare_report
 
     fig, ax = plt.subplots()
-    report._family_and_points(ax, [(38, 6.0, "shufflenet_v1_g3_0.5x"), (714, 100.0, "alexnet"),
-                                   (137, 9.0, "shufflenet_v1_g3_1.0x"),
-                                   (41, 5.0, "shufflenet_v2_0.5x"),
-                                   (146, 8.0, "shufflenet_v2_1.0x"),
-                                   (569, 30.0, "mobilenet_v1_1.0")],
-                              "o", "C3", "-", "tvmshuffle 224x224", label_points=True)
+    compare_report._family_and_points(ax, [(38, 6.0, "shufflenet_v1_g3_0.5x"),
+                                           (714, 100.0, "alexnet"),
+                                           (137, 9.0, "shufflenet_v1_g3_1.0x"),
+                                           (41, 5.0, "shufflenet_v2_0.5x"),
+                                           (146, 8.0, "shufflenet_v2_1.0x"),
+                                           (569, 30.0, "mobilenet_v1_1.0")],
+                                      "o", "C3", "-", "tvmshuffle 224x224", label_points=True)
     lines = ax.get_lines()
     assert [list(line.get_xdata()) for line in lines] == [[38, 137], [41, 146], [569], [714]]
     assert [line.get_linestyle() for line in lines] == ["-", "-", "None", "None"]

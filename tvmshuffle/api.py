@@ -336,7 +336,7 @@ def compare(models: tuple[str, ...] | None = None,
     report.json, speedup.png) into ``report_dir`` when given. ``show``: progress on stderr,
     as the command shows it."""
     from . import compare as comparing
-    from . import report, toolchain
+    from . import compare_report, report, toolchain
     from .devices import need_device, starting
 
     resolved = target.resolve(target_name, device, threads)
@@ -368,7 +368,7 @@ def compare(models: tuple[str, ...] | None = None,
         config = dataclasses.replace(config, tracker=rpc, devices=devices)
     where = (f"this machine's CPU ({dict(resolved.spec).get('mcpu')}, embedded device)"
              if not tracker else f"device '{rpc.key}' via {rpc.address}")
-    data = report.compare_json(cells, config, comparing.environment(config, where))
+    data = compare_report.compare_json(cells, config, comparing.environment(config, where))
     if report_dir is not None:
-        report.write_compare(report_dir, data)
+        compare_report.write_compare(report_dir, data)
     return data

@@ -390,7 +390,7 @@ def compare(target_name, device, rpc_tracker, rpc_key, model_list, sizes, db, tu
     against the host reference and timed there. Without --rpc-tracker the device is this
     machine's CPU behind an embedded tracker. AlexNet takes every size: adaptive average pooling
     before its classifier (the identity at 224x224) keeps its FC layers' shapes."""
-    from . import api, report
+    from . import api, compare_report, report
     from . import compare as comparing
 
     names = tuple(n.strip() for n in (model_list or ",".join(comparing.DEFAULT_MODELS))
@@ -404,7 +404,7 @@ def compare(target_name, device, rpc_tracker, rpc_key, model_list, sizes, db, tu
     if as_json:
         report.emit_json(data)
     else:
-        report.compare_table(data)
+        compare_report.compare_table(data)
         report.out.print(f"report: {report_dir}/report.md, report.json, speedup.png")
 
 
