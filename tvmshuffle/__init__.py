@@ -2,7 +2,8 @@
 
 The Python API (``tvmshuffle.api``, loaded on first use so that the command line starts fast):
 ``load``, ``compile`` (an ``Artifact`` that runs, checks, times and saves itself), ``tune``,
-``deploy`` (``count_instructions`` on the emulated arm64 device) and ``compare``; errors are ``TvmShuffleError`` and its subclasses."""
+``deploy`` (``count_instructions`` on the emulated arm64 device) and ``compare``; errors are
+``TvmShuffleError`` and its subclasses."""
 
 from .errors import (BadInputError, BuildError, DatabaseError, DeviceError, ImportFailedError,
                      NumericsError, TvmShuffleError)

@@ -219,10 +219,11 @@ def run(config: CompareConfig, progress=None,
 def speedups(cells: list[Cell], baseline: str,
              peers_comparable: bool = False) -> dict[tuple[str, tuple[int, int]], dict]:
     """Per (model, size): theoretical (FLOPs) and measured (latency; on an emulated device,
-    instructions counted) speedup over ``baseline`` at the same size, and efficiency = measured / theoretical. With ``peers_comparable`` (the
-    device is this machine, where the peers ran), also the speedup over the baseline as the
-    fastest engine of the run ran it (ours, PyTorch or ONNX Runtime): a baseline served worse
-    by one engine than by another would otherwise flatter the models against it."""
+    instructions counted) speedup over ``baseline`` at the same size, and efficiency =
+    measured / theoretical. With ``peers_comparable`` (the device is this machine, where the
+    peers ran), also the speedup over the baseline as the fastest engine of the run ran it
+    (ours, PyTorch or ONNX Runtime): a baseline served worse by one engine than by another
+    would otherwise flatter the models against it."""
     base = {c.size: c for c in cells if c.model == baseline}
     metric = measured_by(cells)
     result = {}
@@ -248,7 +249,8 @@ def speedups(cells: list[Cell], baseline: str,
 
 def flops_to_speed(cells: list[Cell], family: str = "shufflenet") -> dict | None:
     """Least-squares slope b of log(latency) (or of instructions, ``measured_by``) against
-    log(FLOPs) over a model family at each size: k x fewer FLOPs gives k**b x the speed (the paper: 4x -> 2.6x, b = 0.69)."""
+    log(FLOPs) over a model family at each size: k x fewer FLOPs gives k**b x the speed (the
+    paper: 4x -> 2.6x, b = 0.69)."""
     # one intercept per size, one slope for all: centre each size's points
     by_size: dict = {}
     metric = measured_by(cells)

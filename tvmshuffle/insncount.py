@@ -7,8 +7,7 @@ instruction ran inside a window the run marks (``_emu_count.py``: a warm-up infe
 then the counted one). Here the counts are merged by address, attributed to the library's
 functions (its ELF symbols, through where the emulator mapped it) and so to its kernels
 (``fused_conv2d_..._compute_``, the unnamed parallel-loop body LLVM emits after it, and its
-``__tvm_ffi_`` wrapper are one kernel), and each
-instruction is classed by its A64 encoding:
+``__tvm_ffi_`` wrapper are one kernel), and each instruction is classed by its A64 encoding:
 
 * vector FMA: ``fmla`` / ``fmls`` on vectors (by vector or by element), with the lanes each
   does (4 on a 128-bit fp32 vector, 2 on a 64-bit one);
@@ -61,7 +60,7 @@ def emu_root() -> Path:
 def classify(word: int) -> tuple[str, int]:
     """(class, FMA lanes) of one A64 instruction word."""
     # FMLA / FMLS (vector): 0 Q 0 01110 0 sz 1 Rm 11001 1 Rn Rd, bit 23 telling FMLS
-    # FMLA / FMLS (by element): 0 Q 0 01111 1 sz L M Rm 0 1? 01 H 0 Rn Rd, bit 14 telling FMLS
+    # FMLA / FMLS (by element): 0 Q 0 01111 1 sz L M Rm 0 x 0 1 H 0 Rn Rd, bit 14 telling FMLS
     if (word & 0xBF20FC00) == 0x0E20CC00 or (word & 0xBF80B400) == 0x0F801000:
         q, double = (word >> 30) & 1, (word >> 22) & 1
         return "vector_fma", (2 if q else 1) * (1 if double else 2)
