@@ -248,3 +248,21 @@ def test_remembered_defaults_are_the_derived_ones(small_tasks, tmp_path, monkeyp
     monkeypatch.setattr(schedule_cache, "_code_version", lambda: "another-version")
     schedule_cache.default_schedule(grouped, target_)
     assert (tmp_path / "defaults" / "another-version").is_dir()
+
+
+def test_neon_blocks_load_their_input_a_vector_at_a_time(small_tasks):
+    """On NEON a 1x1 group convolution whose inner reduction is a multiple of 4 steps reads
+    its input 4 steps at a time into a local buffer (the FMAs broadcast its lanes); on x86,
+    whose FMAs broadcast from memory, every block reads the input directly."""
+    arm = target.resolve("arm").tvm_target
+    host, tasks = small_tasks
+    vectorized = 0
+    for task in [t for t in tasks if t.kind == "grouped"]:
+        mod = task.extracted.dispatched[0]
+        neon = defaults.default_schedule(mod, arm).schedule.mod.script()
+        if 'scope="local"' in neon:
+            assert "T.vectorized(T.int64(4))" in neon, task.name
+            vectorized += 1
+        x86 = defaults.default_schedule(mod, host).schedule.mod.script()
+        assert 'scope="local"' not in x86, task.name
+    assert vectorized >= 3  # ShuffleNet 0.25x at 64x64: the kernels of 20 input channels a group
