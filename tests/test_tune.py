@@ -209,7 +209,7 @@ def _read_only(db) -> list[str]:
 
 def test_a_read_only_database_is_refused_before_any_work(model_files, tmp_path):
     """A database folder that cannot be written is one line (exit 7) before the model is even
-    read (the model here is a corrupt file, which would be exit 3), not a traceback after
+    read (the model here is a corrupt file, which would be exit 2), not a traceback after
     minutes of measuring; the folder is left as it was."""
     db = tmp_path / "db"
     db.mkdir()
