@@ -278,15 +278,15 @@ def _apply(mod: tvm.IRModule, trace, postprocs, lanes: int = 0):
 
 def vector_input_loads(sch, lanes: int) -> bool:
     """Load the input of the tiled block ``lanes`` reduction steps at a time: split the inner
-    reduction loop (R1) by ``lanes``, read the input tile those steps use into a local buffer
+    reduction loop (R1) by ``lanes``, read the input tile those steps use into a small buffer
     at the outer part, with a vectorized copy. The multiply-adds then take their broadcast
     from a lane of a register (NEON's ``fmla v.4s, v.4s, v.s[i]``) instead of a scalar load
     each. Applies when the input's innermost index is the innermost reduction variable (NHWC
     and the group axis: the input channels, contiguous) and R1 is a multiple of ``lanes``;
-    returns whether it did. Counted on the emulated arm64 device (benchmarks/RESULTS.md,
-    session 22): ShuffleNet 0.5x g3 33.6 -> 27.8 M instructions, 1x 79.0 -> 73.6 M, MobileNet
-    v1 236.2 -> 208.2 M, loads down a quarter, every FMA lane still used. Not for x86, whose
-    FMA takes its broadcast from memory as an operand."""
+    returns whether it did. Counted on the emulated arm64 device, all instructions of one
+    inference (benchmarks/RESULTS.md, session 22): ShuffleNet 0.5x g3 34.5 -> 28.0 M, 1x
+    81.3 -> 73.6 M, MobileNet v1 239.2 -> 198.6 M, every FMA lane still used. Not for x86,
+    whose FMA takes its broadcast from memory as an operand."""
     from tvm import tirx
 
     for block in sch.get_child_blocks(sch.get_sblock("root")):
@@ -309,7 +309,10 @@ def vector_input_loads(sch, lanes: int) -> bool:
         if len(data) != 1:
             return False
         outer, _ = sch.split(inner, [None, lanes])
-        cache = sch.cache_read(block, data[0], "local")
+        # "global", not "local": TVM puts a small global buffer on the stack, and any "local"
+        # one, inside a parallel loop, in its workspace pool (a runtime call per iteration:
+        # 2.3 M instructions on ShuffleNet 1x)
+        cache = sch.cache_read(block, data[0], "global")
         sch.compute_at(cache, outer)
         sch.vectorize(sch.get_loops(cache)[-1])
         return True
