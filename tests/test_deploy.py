@@ -95,11 +95,14 @@ def test_arm_library_runs_correctly_on_the_emulated_device(emu, name, tmp_path):
 
 def test_arm_tune_through_the_emulated_device_then_deploy(emu, tmp_path):
     """A tiny `tune --target arm-linux` measures on the emulated device, appends records, and
-    the database then compiles into a library that deploys correctly."""
+    the database then compiles into a library that deploys correctly. The group convolutions
+    are what it tunes: the search replays their NEON defaults (with the input's cache read)
+    under other tile decisions, which once failed inside MetaSchedule (a GetLoops of another
+    length) with a C++ traceback."""
     db = tmp_path / "db"
     result = invoke("tune", *SMALL, "--target", "arm-linux", "--rpc-tracker", emu.address,
-                    "--rpc-key", EMU_KEY, "--ops", "depthwise", "--trials", "4", "--db",
-                    str(db), "--json")
+                    "--rpc-key", EMU_KEY, "--ops", "grouped", "--trials", "24",
+                    "--db", str(db), "--json")
     assert result.exit_code == 0, result.output
     tuned = json.loads(result.stdout)
     assert sum(t["trials_run"] for t in tuned["tasks"]) >= 4

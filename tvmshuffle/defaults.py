@@ -313,7 +313,9 @@ def vector_input_loads(sch, lanes: int) -> bool:
         # one, inside a parallel loop, in its workspace pool (a runtime call per iteration:
         # 2.3 M instructions on ShuffleNet 1x)
         cache = sch.cache_read(block, data[0], "global")
-        sch.compute_at(cache, outer)
+        # unit loops kept: the copy's loop count must not depend on the tile decisions, which
+        # tuning mutates and replays this trace with (a GetLoops of another length fails)
+        sch.compute_at(cache, outer, preserve_unit_loops=True)
         sch.vectorize(sch.get_loops(cache)[-1])
         return True
     return False
