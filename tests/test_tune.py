@@ -250,6 +250,24 @@ def test_a_database_holds_one_method(tmp_path):
                           f"{records.METHOD_FILE}: unreadable")
 
 
+def test_a_failure_inside_metaschedules_search_is_one_line(tmp_path, monkeypatch):
+    """MetaSchedule's C++ search raising (as a replayed trace once did: "parallel_for_dynamic
+    error with Check failed: old_outputs.size() == new_outputs.size()") ends the tune with one
+    line naming the kernel, not a C++ traceback; the records measured before are kept."""
+    from tvm.s_tir import meta_schedule as ms
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("parallel_for_dynamic error with Check failed: old_outputs.size() "
+                           "== new_outputs.size() (20 vs. 19) :\nTraceback (most recent call "
+                           "last):\n  File ...")
+
+    monkeypatch.setattr(ms, "tune_tasks", failing)
+    db = tmp_path / "db"
+    result = invoke("tune", *MODEL, "--ops", "grouped", "--trials", "200", "--db", str(db))
+    assert_one_line_error(result, "failed inside MetaSchedule", "old_outputs.size()")
+    records.check_database(db)
+
+
 def test_target_tvm_rejects(tmp_path):
     """A target TVM refuses is reported before any work."""
     result = invoke("tune", *MODEL, "--target", '{"kind": "llvm", "mtriple": 7}',

@@ -12,7 +12,7 @@ from typing import Callable
 import tvm
 
 from .. import interrupts
-from ..errors import DeviceError
+from ..errors import DeviceError, TvmShuffleError, first_line
 from ..records import (LEGACY_METHOD, best_ms, database_method, mean_ms, settle_method,
                        write_method)
 from ..remote import TrackerConfig, free_devices
@@ -246,7 +246,7 @@ def _tune_tasks(tasks: list[Task], config: TuneConfig, view: TaskDatabase, build
                               num_trials_per_iter=min(todo, 32), builder=builder,
                               runner=runner, database=database, cost_model=cost_model,
                               measure_callbacks=callbacks, task_scheduler="round-robin")
-            except Exception:
+            except Exception as err:
                 if stop.is_set():  # our _Stop, come back through MetaSchedule's C++ loop
                     raise KeyboardInterrupt from None
                 if report.lost is not None:
@@ -254,7 +254,12 @@ def _tune_tasks(tasks: list[Task], config: TuneConfig, view: TaskDatabase, build
                                       "record measured so far is kept; re-run to resume)"
                                       ) from None
                 if not report.converged:
-                    raise
+                    # a failure inside MetaSchedule's search (C++): one line, the trace logged
+                    log.debug("MetaSchedule failed on %s", task.name, exc_info=True)
+                    raise TvmShuffleError(f"tuning {task.name} failed inside MetaSchedule: "
+                                          f"{first_line(err)} (every record measured so far "
+                                          "is kept; the full trace is in the log file)"
+                                          ) from None
                 log.info("%s: no 1%% gain in %d trials, stopped early", task.name,
                          config.patience)
                 result.converged = True
