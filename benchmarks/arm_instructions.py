@@ -55,13 +55,10 @@ def tvmshuffle_counts(name: str, size: tuple[int, int], build: str, work: Path) 
     export.build_artifact(frontends.load(spec), config, out)
     build_s = time.perf_counter() - start
     counted = insncount.count(bench.load_artifact(out))
-    network, outside = counted.network, counted.outside
-    grouped = insncount.KernelCount("grouped 1x1")
-    for kernel in counted.kernels:
-        if "group_conv2d_nhwgc" in kernel.name:
-            for field in ("macs", "instructions", "vector_fma", "fma_lanes"):
-                setattr(grouped, field, getattr(grouped, field) + getattr(kernel, field))
-    return {"instructions": network.instructions + outside.instructions,
+    network = counted.network
+    grouped = insncount.KernelCount.total(
+        "grouped 1x1", [k for k in counted.kernels if "group_conv2d_nhwgc" in k.name])
+    return {"instructions": counted.all_instructions,
             "library_instructions": network.instructions, "macs": network.macs,
             "vector_fma": network.vector_fma, "fma_lanes": network.fma_lanes,
             "fma_lane_utilisation": network.lane_utilisation,
@@ -135,8 +132,6 @@ def main() -> None:
             macs = row["default"]["macs"]
             row["ncnn"] = ncnn_counts(name, row["default"]["artifact"], macs, work)
             row["ratio"] = row["default"]["instructions"] / row["ncnn"]["instructions"]
-            for build in builds:
-                row[build]["artifact"] = str(row[build]["artifact"])
             rows.append(row)
             print(f"{name}: tvmshuffle {row['default']['instructions']:,} instructions, ncnn "
                   f"{row['ncnn']['instructions']:,} (ratio {row['ratio']:.2f})",

@@ -150,18 +150,24 @@ def test_corrupt_and_unsupported_onnx_are_one_line(model_files, unsupported_onnx
                           "DFT")
 
 
-def test_an_onnx_opset_the_reference_does_not_know_is_one_line(tmp_path):
-    """ONNX opset 99 passes onnx's checker and TVM's importer; ONNX Runtime, the reference,
-    refuses it: one line before any compiling, and no library left without a manifest."""
+def _relu_onnx(path, dims, opset: int):
+    """A one-ReLU ONNX model of input and output ``dims`` (names for dynamic ones) at ``opset``,
+    saved at ``path``."""
     import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])])
-    path = tmp_path / "future.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 99)]), str(path))
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
+    return path
+
+
+def test_an_onnx_opset_the_reference_does_not_know_is_one_line(tmp_path):
+    """ONNX opset 99 passes onnx's checker and TVM's importer; ONNX Runtime, the reference,
+    refuses it: one line before any compiling, and no library left without a manifest."""
+    path = _relu_onnx(tmp_path / "future.onnx", [1, 3, 8, 8], opset=99)
     out = tmp_path / "o"
     assert_one_line_error(invoke("compile", str(path), "--input-size", "8x8", "-o", str(out)),
                           "ONNX Runtime", "future.onnx")
@@ -236,16 +242,7 @@ def test_a_silent_tracker_is_one_line_and_exit_6(tmp_path):
 def test_a_dynamic_onnx_model_is_compiled_at_the_size_and_batch_given(tmp_path, caplog):
     """An ONNX file with dynamic batch, height and width: the command line says what it fixed
     them to, and --input-size / --batch set them (manifest and numerics follow)."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    dims = ["n", 3, "h", "w"]
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)])
-    path = tmp_path / "dynamic.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    path = _relu_onnx(tmp_path / "dynamic.onnx", ["n", 3, "h", "w"], opset=17)
     result = invoke("compile", str(path), "--input-size", "8x12", "-o", str(tmp_path / "a"))
     assert result.exit_code == 0, result.output
     # a warning on the terminal (the command line's log handler; here pytest's)

@@ -459,11 +459,11 @@ def deploy(out_dir: Path, rpc_tracker, rpc_key, threads, repeat, number, toleran
     """Upload a compiled artifact to a device over TVM RPC, check its output against the host
     reference and time it there; the uploaded file is removed afterwards. Without
     --rpc-tracker, the device is this machine's CPU behind an embedded tracker."""
-    from . import api, bench, insncount, report
+    from . import api, insncount, report
 
     if count_instructions:
         api.countable(out_dir, tracker=rpc_tracker, key=rpc_key, emulated=emulated)
-    manifest, deployed, counted = bench.load_artifact(out_dir).manifest, None, None
+    manifest = deployed = counted = None
     if rpc_tracker or not count_instructions:
         manifest, deployed = api.deployment(out_dir, tracker=rpc_tracker, key=rpc_key,
                                             threads=threads, repeat=repeat, number=number,
@@ -473,7 +473,7 @@ def deploy(out_dir: Path, rpc_tracker, rpc_key, threads, repeat, number, toleran
         counted = api.count_instructions(out_dir, tolerance=tolerance, show=not as_json)
     if as_json:
         data = (report.deploy_json(manifest, deployed) if deployed
-                else {"model": manifest["model"]})
+                else {"model": counted.model})
         if counted:
             data["instructions"] = counted.as_json()
         report.emit_json(data)

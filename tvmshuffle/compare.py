@@ -166,7 +166,7 @@ def _count(cell: Cell, artifact: bench.Artifact) -> None:
     except TvmShuffleError as err:
         log.warning("%s at %sx%s: no instruction count (%s)", cell.model, *cell.size, err)
         return
-    cell.instructions = counted.network.instructions + counted.outside.instructions
+    cell.instructions = counted.all_instructions
     cell.fma_lane_use = counted.network.lane_utilisation
 
 

@@ -104,6 +104,15 @@ class KernelCount:
         setattr(self, kind, getattr(self, kind) + count)
         self.fma_lanes += lanes * count
 
+    @classmethod
+    def total(cls, name: str, kernels) -> "KernelCount":
+        """``kernels`` together, under ``name``."""
+        total = cls(name)
+        for kernel in kernels:
+            for field_name in ("macs", "instructions", *CLASSES, "fma_lanes"):
+                setattr(total, field_name, getattr(total, field_name) + getattr(kernel, field_name))
+        return total
+
     def as_json(self) -> dict:
         data = asdict(self)
         util, per_mac = self.lane_utilisation, self.per_mac
@@ -114,6 +123,7 @@ class KernelCount:
 
 @dataclass
 class Counted:
+    model: str
     library: str
     triple: str
     kernels: list[KernelCount]  # the library's, most instructions first
@@ -125,16 +135,17 @@ class Counted:
     @property
     def network(self) -> KernelCount:
         """The library's kernels together."""
-        total = KernelCount("network")
-        for kernel in self.kernels:
-            for name in ("macs", "instructions", *CLASSES, "fma_lanes"):
-                setattr(total, name, getattr(total, name) + getattr(kernel, name))
-        return total
+        return KernelCount.total("network", self.kernels)
+
+    @property
+    def all_instructions(self) -> int:
+        """Everything the counted inference executed: the library and outside it."""
+        return self.network.instructions + self.outside.instructions
 
     def as_json(self) -> dict:
-        return {"library": self.library, "triple": self.triple,
+        return {"model": self.model, "library": self.library, "triple": self.triple,
                 "network": self.network.as_json(), "outside_library": self.outside.as_json(),
-                "all_instructions": self.network.instructions + self.outside.instructions,
+                "all_instructions": self.all_instructions,
                 "kernels": [k.as_json() for k in self.kernels],
                 "max_abs_err": self.max_abs_err, "counting_s": round(self.seconds, 1),
                 "emulator": self.emulator,
@@ -181,8 +192,8 @@ def count(artifact: bench.Artifact, tolerance: float = bench.DEFAULT_TOLERANCE) 
         maps = json.loads((work / "maps.json").read_text())
         kernels, outside = attribute(counts, maps, artifact.library,
                                      artifact.manifest.get("kernel_macs", {}))
-    return Counted(str(artifact.library), artifact.target.triple, kernels, outside, err,
-                   seconds, emulator())
+    return Counted(artifact.manifest["model"], str(artifact.library), artifact.target.triple,
+                   kernels, outside, err, seconds, emulator())
 
 
 def emulator() -> dict:
