@@ -29,8 +29,8 @@ import math
 import tvm
 from tvm import relax
 
-from .passes import (fold_batchnorm, fuse_channel_shuffle, group_axis, sink_channel_shuffle,
-                     take_to_slice)
+from .passes import (fold_batchnorm, fold_channel_split, fuse_channel_shuffle, group_axis,
+                     sink_channel_shuffle, take_channels_last, take_to_slice)
 
 # data, weight layout of convs; NHWGC is NHWC with the 1x1 group convolutions computed with the
 # group as an axis of its own (passes/group_axis.py)
@@ -53,7 +53,11 @@ def graph_passes(fuse_shuffle: bool = True, layout: str = DEFAULT_LAYOUT) -> tvm
         cleanup += [relax.transform.ConvertLayout({"relax.nn.conv2d": list(LAYOUTS[layout])}),
                     relax.transform.FoldConstant(),  # the weights' transposes, done now
                     relax.transform.DeadCodeElimination()]
-    passes = [sink_channel_shuffle, *cleanup, fuse_channel_shuffle] if fuse_shuffle else cleanup
+    if fuse_shuffle:
+        passes = [take_to_slice, fold_channel_split, sink_channel_shuffle, *cleanup,
+                  take_channels_last, fuse_channel_shuffle]
+    else:
+        passes = cleanup
     if layout == "NHWGC":
         passes += [group_axis, relax.transform.RemoveRedundantReshape(),
                    relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()]
