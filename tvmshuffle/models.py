@@ -121,9 +121,10 @@ class ShuffleV2Unit(nn.Module):
     transforms the second; a stride-2 unit transforms the input in both branches; the halves
     are concatenated and shuffled with two groups."""
 
-    def __init__(self, cin: int, cout: int, stride: int):
+    def __init__(self, cin: int, cout: int, stride: int, shuffle: bool = True):
         super().__init__()
         self.stride = stride
+        self.shuffle = shuffle  # False: the lower bound of what the shuffle can cost
         half = cout // 2
         if stride == 2:
             self.branch1 = nn.Sequential(_conv_bn(cin, cin, 3, stride=2, groups=cin, relu=False),
@@ -140,14 +141,14 @@ class ShuffleV2Unit(nn.Module):
             out = torch.cat([left, self.branch2(right)], dim=1)
         else:
             out = torch.cat([self.branch1(x), self.branch2(x)], dim=1)
-        return channel_shuffle(out, 2)
+        return channel_shuffle(out, 2) if self.shuffle else out
 
 
 class ShuffleNetV2(nn.Module):
     """ShuffleNet v2 per Table 5 of its paper: conv1 24 filters 3x3 stride 2, max pool, stages
     of 4/8/4 units (the first of each stride 2), conv5 1x1, global pool, FC."""
 
-    def __init__(self, scale: float = 1.0, num_classes: int = 1000):
+    def __init__(self, scale: float = 1.0, num_classes: int = 1000, shuffle: bool = True):
         super().__init__()
         self.conv1 = _conv_bn(3, 24, 3, stride=2)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
@@ -155,7 +156,8 @@ class ShuffleNetV2(nn.Module):
         cin = 24
         for cout, repeat in zip(SHUFFLENET_V2_CHANNELS[scale], SHUFFLENET_REPEATS):
             for i in range(repeat):
-                units.append(ShuffleV2Unit(cin if i == 0 else cout, cout, 2 if i == 0 else 1))
+                units.append(ShuffleV2Unit(cin if i == 0 else cout, cout, 2 if i == 0 else 1,
+                                           shuffle))
             cin = cout
         self.stages = nn.Sequential(*units)
         conv5 = 2048 if scale == 2.0 else 1024

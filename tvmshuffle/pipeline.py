@@ -1,7 +1,10 @@
 """The pass lists, in one place: graph passes on the imported module, then TVM's build pipeline.
 
 Graph passes run on an imported module before fusion: ``take`` of a constant index rewritten as
-the slice it means (``passes/take_to_slice.py``), channel shuffles moved past per-channel
+the slice it means (``passes/take_to_slice.py``), ShuffleNet v2's concat -> shuffle -> split
+regions rebuilt from the branch outputs as gathers of channel ranges, their order folded into
+the dense convolutions that read them (``passes/channel_split.py``), channel shuffles moved
+past per-channel
 operators (so that BatchNorm behind a shuffle still folds), BatchNorm folded into the preceding
 convolution's weights and bias (``passes/fold_batchnorm.py``), remaining inference-mode ops
 decomposed, constants folded, dead code removed, convolutions converted to the channels-last
@@ -54,7 +57,9 @@ def graph_passes(fuse_shuffle: bool = True, layout: str = DEFAULT_LAYOUT) -> tvm
                     relax.transform.FoldConstant(),  # the weights' transposes, done now
                     relax.transform.DeadCodeElimination()]
     if fuse_shuffle:
-        passes = [take_to_slice, fold_channel_split, sink_channel_shuffle, *cleanup,
+        # FoldConstant first: ONNX computes a Gather's index (negative indices wrapped)
+        passes = [relax.transform.FoldConstant(), take_to_slice, fold_channel_split,
+                  sink_channel_shuffle, *cleanup,
                   take_channels_last, fuse_channel_shuffle]
     else:
         passes = cleanup

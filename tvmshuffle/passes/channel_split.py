@@ -333,10 +333,10 @@ class _Rebuild(relax.PyExprMutator):
             if not plan.logical:
                 return  # every reader is a convolution that reads ``gathered`` instead
             if np.array_equal(plan.index, np.arange(len(plan.index))):
-                self.set_var_remap(var.vid, gathered)
-                return
-            index = relax.const(plan.index.astype("int64"), "int64")
-            new = relax.op.take(gathered, index, axis=1, mode="clip")
+                new = gathered  # a copy of the binding: CanonicalizeBindings removes it
+            else:
+                index = relax.const(plan.index.astype("int64"), "int64")
+                new = relax.op.take(gathered, index, axis=1, mode="clip")
             self.builder_.emit_normalized(relax.VarBinding(var, self.builder_.normalize(new)))
             return
         if isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.nn.conv2d"):
