@@ -130,6 +130,32 @@ def test_every_idiom_is_rebuilt_from_its_sources_exactly(shuffle, split, path, t
     np.testing.assert_allclose(_run(optimized, x), expected, rtol=0, atol=1e-5)
 
 
+class _DenseLike(nn.Module):
+    """A shuffled concat read by a convolution and by the next concat, which is left alone:
+    the tensor must stay defined for it while the convolution reads the sources."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(4, 4, 1), nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        s = models.channel_shuffle(torch.cat([x, self.a(x)], dim=1), 2)
+        # the flatten moves channels into pixels: left as it is, it reads ``s`` through the cat
+        return torch.cat([s, self.b(s)], dim=1).flatten(1)
+
+
+def test_a_terminal_also_read_inside_its_region_stays_defined():
+    torch.manual_seed(0)
+    model = _DenseLike().eval()
+    mod = _import(model, "torch", None)
+    folded = fold_channel_split(take_to_slice(relax.transform.FoldConstant()(mod)))
+    ops = _ops(relax.transform.FoldConstant()(folded))
+    assert ops.count("relax.reshape") == 1 and "relax.permute_dims" not in ops, ops  # flatten
+    x = np.random.default_rng(0).standard_normal(SHAPE).astype("float32")
+    np.testing.assert_allclose(_run(folded, x), model(torch.from_numpy(x)).detach().numpy(),
+                               rtol=0, atol=1e-5)
+
+
 def test_pass_is_idempotent():
     """The pass on its own output changes nothing."""
     mod = _import(_V2Units("paper", "chunk"), "torch", None)

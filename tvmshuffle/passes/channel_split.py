@@ -276,13 +276,17 @@ def _plans(func: relax.Function) -> tuple[dict, _Sources]:
         if used in region:
             uses.setdefault(used, []).append(None)
 
+    inside = set()  # region vars that region members read: they stay bound
+    for var, value in defined.items():
+        inside.update(relax.analysis.free_vars(value))
+
     plans = {}
     for var, readers in uses.items():
         channel_map = _channel_map(region[var], sources)
         if channel_map is None or _canonical(defined[var], defined):
             continue
         ids = np.unique(channel_map)
-        logical = not all(_dense_conv_reading(r, var) for r in readers)
+        logical = var in inside or not all(_dense_conv_reading(r, var) for r in readers)
         plans[var] = _Plan(_pieces(ids, sources), np.searchsorted(ids, channel_map), logical)
     return plans, sources
 
