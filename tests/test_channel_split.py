@@ -46,8 +46,8 @@ def _split(x: torch.Tensor, idiom: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class _V2Units(nn.Module):
-    """A stem, a stride-2-like unit (two branches from one input), two stride-1 units, and a head that
-    reads the last unit both with a dense 1x1 convolution and with a depthwise one."""
+    """A stem, a stride-2-like unit (two branches from one input), two stride-1 units, and a
+    head that reads the last unit both with a dense 1x1 convolution and with a depthwise one."""
 
     def __init__(self, shuffle: str, split: str):
         super().__init__()

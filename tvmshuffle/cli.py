@@ -200,7 +200,8 @@ def flops_cmd(model: str, input_size, batch, per_layer: bool, as_json: bool) -> 
               help="Weights for a zoo model (a PyTorch state_dict file).")
 @click.option("--dump-ir", is_flag=True, help="Also write the final IRModule as OUT/final_ir.py.")
 @click.option("--no-fuse-shuffle", is_flag=True,
-              help="Leave channel shuffles as their own kernels (for comparison).")
+              help="Leave channel shuffles, and ShuffleNet v2's split / concat / shuffle, as "
+                   "TVM compiles them: kernels of their own (for comparison).")
 @layout_option
 @click.option("--db", type=click.Path(path_type=Path),
               help="Apply the best schedules of this tuning database, and only it (default: "
@@ -221,8 +222,9 @@ def compile_cmd(model, target_name, device, out_dir, input_size, batch, state_di
                 as_json) -> None:
     """Import MODEL, optimize it and build OUT/model.so with OUT/manifest.json.
 
-    Channel shuffles are fused into the convolution that consumes them; the summary and
-    manifest.json ("data_movement_kernels") list any kernel left that only moves data."""
+    Channel shuffles are fused into the convolution that consumes them, ShuffleNet v2's
+    split / concat / shuffle rebuilt as gathers of channel ranges; the summary and
+    manifest.json ("copy_kernels") list every kernel left that only moves data, with calls."""
     from . import api, report
 
     manifest = api.compile(model, target_name, device=device, db=db, no_db=no_db,

@@ -3,15 +3,15 @@
 Graph passes run on an imported module before fusion: ``take`` of a constant index rewritten as
 the slice it means (``passes/take_to_slice.py``), ShuffleNet v2's concat -> shuffle -> split
 regions rebuilt from the branch outputs as gathers of channel ranges, their order folded into
-the dense convolutions that read them (``passes/channel_split.py``), channel shuffles moved
-past per-channel
-operators (so that BatchNorm behind a shuffle still folds), BatchNorm folded into the preceding
-convolution's weights and bias (``passes/fold_batchnorm.py``), remaining inference-mode ops
-decomposed, constants folded, dead code removed, convolutions converted to the channels-last
-layout (NHWC data, HWIO weights; TVM's ``ConvertLayout``, weights transposed at compile time) and
-each channel shuffle fused into the convolution that consumes it (``passes/channel_shuffle.py``),
-and, in the default NHWGC layout, each 1x1 group convolution given the group as an axis of its
-own (``passes/group_axis.py``; 3.5-12.5% faster ShuffleNets once tuned, benchmarks/RESULTS.md).
+the dense convolutions that read them (``passes/channel_split.py``), channel shuffles moved past
+per-channel operators (so that BatchNorm behind a shuffle still folds), BatchNorm folded into
+the preceding convolution's weights and bias (``passes/fold_batchnorm.py``), remaining
+inference-mode ops decomposed, constants folded, dead code removed, convolutions converted to
+the channels-last layout (NHWC data, HWIO weights; TVM's ``ConvertLayout``, weights transposed
+at compile time) and each channel shuffle fused into the convolution that consumes it
+(``passes/channel_shuffle.py``), and, in the default NHWGC layout, each 1x1 group convolution
+given the group as an axis of its own (``passes/group_axis.py``; 3.5-12.5% faster ShuffleNets
+once tuned, benchmarks/RESULTS.md).
 
 Why channels-last: a 1x1 convolution in NCHW vectorizes along the image width, which is 7-28
 pixels in ShuffleNet's later stages, so most vector lanes are masked or wasted; in NHWC it

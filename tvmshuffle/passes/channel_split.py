@@ -6,8 +6,8 @@ reshape/permute/reshape (or ``nn.ChannelShuffle``, ``F.channel_shuffle``) -> ``c
 ``split``, slicing, or the form that reshapes to ``(b*c/2, 2, h*w)``, permutes, reshapes to
 ``(2, b, c/2, h, w)`` and takes ``[0]`` and ``[1]`` (ONNX: Concat, Reshape, Transpose, Split,
 Slice, Gather). Every one of these operators only moves channels. Compiled as written, each
-is a kernel that reads and writes the feature map (ShuffleNet v2 1.0x: 16 of its 35 kernels,
-35 of its calls, did no arithmetic).
+is a kernel that reads and writes the feature map (ShuffleNet v2 1.0x: 16 of its 35 kernels
+did no arithmetic, called 35 times).
 
 The pass treats a connected region of such operators, seeded by a ``concat``, as one index map
 from the tensors entering it (the *sources*: branch outputs, the block's input) to the tensors
@@ -25,7 +25,7 @@ Each terminal then becomes, at most, one kernel:
   (``strided_slice``), and each convolution's weights permuted along their input channels at
   compile time (``W'[:, j] = W[:, p(j)]``; exact). The interleaving of the shuffle costs
   nothing; the kernel left gathers the contiguous runs of channels from the branches
-  of earlier units that this unit's right branch reads (2-4 runs in ShuffleNet v2).
+  of earlier units that this unit's right branch reads (2-8 runs in ShuffleNet v2 1.0x).
 * read by anything else (a depthwise convolution, a pooling, the function's result): the same
   concat followed by ``take`` of a constant channel index (mode ``clip``: TVM prints a warning
   for each ``take`` in its default ``fast`` mode), fused by TVM into one gather kernel.
@@ -36,9 +36,10 @@ the untouched half (the issue's ideal, no data-movement kernel at all): with the
 channels of v2 1.0x, the channels a unit's right branch reads are, after a few units, scattered
 over the buffer in runs that no affine index covers; writing into them needs a scatter on the
 store side of a convolution, which breaks the vectorised channels-last stores the default and
-tuned schedules rely on. The gather kernel reads and writes half a unit's channels once (the
-unfused network moved 4-5x that); a convolution reading its input from several sources
-directly would remove it too, and is left for later (see the issue's closing note).
+tuned schedules rely on. The gather kernel of a stride-1 unit reads and writes half the unit's
+channels once, where the concat it replaces read and wrote all of them (ShuffleNet v2 with the
+default schedules: 4.5-8.8% faster, benchmarks/RESULTS.md); a convolution reading its input
+from several sources directly would remove it too, and is left for later.
 
 Preconditions: NCHW module as imported (static shapes, constants bound), before ConvertLayout;
 the ``take`` this leaves is made channels-last by ``take_channels_last`` after ConvertLayout
@@ -54,19 +55,11 @@ import tvm
 from tvm import relax, tirx
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
+from .channel_shuffle import _static_shape
+
 MOVEMENT_OPS = ("relax.concat", "relax.reshape", "relax.permute_dims", "relax.strided_slice",
                 "relax.split", "relax.squeeze", "relax.expand_dims", "relax.take")
 _POSITIONS = np.int64(1) << 32  # encoded element: global source channel * 2^32 + pixel
-
-
-def _static_shape(expr: relax.Expr) -> tuple[int, ...] | None:
-    ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or ty.shape is None:
-        return None
-    values = getattr(ty.shape, "values", None)
-    if values is None or not all(isinstance(v, tirx.IntImm) for v in values):
-        return None
-    return tuple(int(v) for v in values)
 
 
 def _ints(values) -> list[int] | None:
@@ -296,6 +289,7 @@ def _canonical(value: relax.Expr, defined: dict) -> bool:
     idempotent): a concat of sources, or a ``take`` of a constant index from one."""
     def plain_concat(expr):
         return (isinstance(expr, relax.Call) and expr.op.name == "relax.concat"
+                and isinstance(expr.args[0], relax.Tuple)
                 and not any(isinstance(f, relax.Var) and f in defined
                             for f in expr.args[0].fields))
 
