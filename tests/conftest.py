@@ -165,3 +165,15 @@ def compile_and_run(spec: frontends.ModelSpec, out_dir, threads: int = 1,
     manifest = export.build_artifact(frontends.load(spec), config, out_dir)
     result = bench.run_local(bench.load_artifact(out_dir), threads=threads, repeat=2)
     return manifest, result
+
+
+def relax_ops(mod) -> list:
+    """Names of the operators ``main`` of a Relax module calls, in post order."""
+    import tvm
+    from tvm import relax
+
+    names = []
+    relax.analysis.post_order_visit(
+        mod["main"], lambda node: names.append(node.op.name)
+        if isinstance(node, relax.Call) and isinstance(node.op, tvm.ir.Op) else None)
+    return names

@@ -12,7 +12,7 @@ from tvm import relax
 from tvm.script import ir as I
 from tvm.script import relax as R
 
-from conftest import compile_and_run
+from conftest import compile_and_run, relax_ops
 from tvmshuffle import frontends, models, pipeline, target
 from tvmshuffle.passes import fold_channel_split, take_to_slice
 
@@ -88,14 +88,6 @@ def _import(model: nn.Module, path: str, tmp_path) -> tvm.IRModule:
     return frontends.load(spec).mod
 
 
-def _ops(mod: tvm.IRModule) -> list[str]:
-    ops = []
-    relax.analysis.post_order_visit(
-        mod["main"], lambda e: ops.append(e.op.name)
-        if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) else None)
-    return ops
-
-
 def _run(mod: tvm.IRModule, x: np.ndarray) -> np.ndarray:
     tgt = target.resolve("host").tvm_target
     exe = tvm.compile(pipeline.lower(mod, tgt), target=tgt, relax_pipeline=None)
@@ -114,7 +106,7 @@ def test_every_idiom_is_rebuilt_from_its_sources_exactly(shuffle, split, path, t
     mod = _import(model, path, tmp_path)
     folded = fold_channel_split(take_to_slice(relax.transform.FoldConstant()(mod)))
     # the biases' reshapes are constants: fold them as the pipeline does
-    ops = _ops(relax.transform.FoldConstant()(folded))
+    ops = relax_ops(relax.transform.FoldConstant()(folded))
     assert not [op for op in ops if op in MOVING], ops
     # the depthwise conv reads the logical order: a gather, unless the last unit does not
     # shuffle (Megvii's form), when its sources in order are that order
@@ -125,7 +117,7 @@ def test_every_idiom_is_rebuilt_from_its_sources_exactly(shuffle, split, path, t
     # the whole graph pipeline, channels-last: the gather is made channels-last too, and the
     # only transposes left are the two layout edges
     optimized = pipeline.optimize(mod)
-    ops = _ops(optimized)
+    ops = relax_ops(optimized)
     assert ops.count("relax.permute_dims") == 2 and "relax.reshape" not in ops, ops
     np.testing.assert_allclose(_run(optimized, x), expected, rtol=0, atol=1e-5)
 
@@ -149,7 +141,7 @@ def test_a_terminal_also_read_inside_its_region_stays_defined():
     model = _DenseLike().eval()
     mod = _import(model, "torch", None)
     folded = fold_channel_split(take_to_slice(relax.transform.FoldConstant()(mod)))
-    ops = _ops(relax.transform.FoldConstant()(folded))
+    ops = relax_ops(relax.transform.FoldConstant()(folded))
     assert ops.count("relax.reshape") == 1 and "relax.permute_dims" not in ops, ops  # flatten
     x = np.random.default_rng(0).standard_normal(SHAPE).astype("float32")
     np.testing.assert_allclose(_run(folded, x), model(torch.from_numpy(x)).detach().numpy(),

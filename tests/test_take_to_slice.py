@@ -11,6 +11,7 @@ from tvm import relax
 from tvm.script import ir as I
 from tvm.script import relax as R
 
+from conftest import relax_ops
 from tvmshuffle import frontends, pipeline
 from tvmshuffle.passes import take_to_slice
 
@@ -25,26 +26,18 @@ class HalvesByIndex(nn.Module):
         return torch.cat((y[0] * 2, y[-1]), dim=1)
 
 
-def _ops(mod: tvm.IRModule) -> list[str]:
-    names = []
-    relax.analysis.post_order_visit(
-        mod["main"], lambda node: names.append(node.op.name)
-        if isinstance(node, relax.Call) and isinstance(node.op, tvm.ir.Op) else None)
-    return names
-
-
 def test_an_index_taken_from_the_torch_idiom_is_a_slice_and_computes_the_same():
     x = np.random.default_rng(0).standard_normal((1, 8, 4, 4)).astype("float32")
     imported = frontends.load_module(HalvesByIndex().eval(), x, "halves")
-    assert _ops(imported.mod).count("relax.take") == 2
+    assert relax_ops(imported.mod).count("relax.take") == 2
     rewritten = take_to_slice(imported.mod)
-    assert "relax.take" not in _ops(rewritten)
-    assert _ops(rewritten).count("relax.strided_slice") == 2
+    assert "relax.take" not in relax_ops(rewritten)
+    assert relax_ops(rewritten).count("relax.strided_slice") == 2
     tvm.ir.assert_structural_equal(take_to_slice(rewritten), rewritten)  # idempotent
     vm = relax.VirtualMachine(relax.build(rewritten, "llvm"), tvm.cpu())
     got = vm["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_array_equal(got, HalvesByIndex()(torch.from_numpy(x)).numpy())
-    assert "relax.take" not in _ops(pipeline.optimize(imported.mod))
+    assert "relax.take" not in relax_ops(pipeline.optimize(imported.mod))
 
 
 @pytest.mark.parametrize("index", [np.array([0, 2], "int64"), np.array(3, "int64")],
@@ -88,7 +81,7 @@ def test_a_run_of_indices_is_one_slice():
             return y
 
     after = take_to_slice(Before)
-    assert _ops(after) == ["relax.strided_slice"]
+    assert relax_ops(after) == ["relax.strided_slice"]
     x = np.arange(10, dtype="float32").reshape(2, 5)
     vm = relax.VirtualMachine(relax.build(after, "llvm"), tvm.cpu())
     np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), x[:, 1:4])
