@@ -37,14 +37,15 @@ DEFAULT_MODELS = ("shufflenet_v1_g3_0.5x", "shufflenet_v1_g3_1.0x", "shufflenet_
 UNSCHEDULED, DEFAULT = "unscheduled", "default"
 
 
-def build_config(build: str, threads: int, layout: str) -> export.CompileConfig:
+def build_config(build: str, threads: int, layout: str = pipeline.DEFAULT_LAYOUT,
+                 fuse_shuffle: bool = True) -> export.CompileConfig:
     """A build of ``--builds``: TVM's unscheduled loops, the default schedules, or a database."""
     host = target.resolve("host", threads=threads)
     if build == UNSCHEDULED:
-        return export.CompileConfig(host, layout=layout, default_schedules=False)
+        return export.CompileConfig(host, fuse_shuffle, layout=layout, default_schedules=False)
     if build == DEFAULT:
-        return export.CompileConfig(host, layout=layout)
-    return export.CompileConfig(host, db=Path(build), layout=layout)
+        return export.CompileConfig(host, fuse_shuffle, layout=layout)
+    return export.CompileConfig(host, fuse_shuffle, db=Path(build), layout=layout)
 
 
 def measure(name: str, size: tuple[int, int], threads: int, repeat: int, work: Path,

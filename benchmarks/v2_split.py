@@ -24,18 +24,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from tvmshuffle import bench, export, frontends, models, target
+from host_vs_peers import build_config  # benchmarks/ is the script's folder
+from tvmshuffle import bench, export, frontends, models
 
 VARIANTS = ("split pass (tvmshuffle)", "split pass off", "shuffle deleted (lower bound)")
-
-
-def _config(build: str, threads: int, fuse: bool) -> export.CompileConfig:
-    host = target.resolve("host", threads=threads)
-    if build == "unscheduled":
-        return export.CompileConfig(host, fuse, default_schedules=False)
-    if build == "default":
-        return export.CompileConfig(host, fuse)
-    return export.CompileConfig(host, fuse, db=Path(build))
 
 
 def measure(name: str, builds: list[str], threads: int, repeat: int, work: Path) -> dict:
@@ -53,7 +45,8 @@ def measure(name: str, builds: list[str], threads: int, repeat: int, work: Path)
         for label, (model, fuse) in cases.items():
             key = f"{label} / {build}"
             out = work / f"{name}-{len(runners)}"
-            manifest = export.build_artifact(model, _config(build, threads, fuse), out)
+            manifest = export.build_artifact(
+                model, build_config(build, threads, fuse_shuffle=fuse), out)
             artifact = bench.load_artifact(out)
             checked = bench.run_local(artifact, threads=threads, repeat=3)
             copies = manifest["copy_kernels"]
@@ -61,7 +54,7 @@ def measure(name: str, builds: list[str], threads: int, repeat: int, work: Path)
                          "copy_calls": sum(copies.values())}
             runners[key] = bench.vm_runner(artifact, threads)
     module = models.build(name)
-    x = bench.load_artifact(work / f"{name}-0").input
+    x = artifact.input  # the same fixed input in every build
     runners["torch"] = bench.torch_runner(module, x, threads)
     onnx_path = frontends.export_onnx(module, imported.input_shape, work / f"{name}.onnx")
     runners["onnxruntime"] = bench.onnxruntime_runner(onnx_path, "input", x, threads)

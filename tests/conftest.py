@@ -177,3 +177,25 @@ def relax_ops(mod) -> list:
         mod["main"], lambda node: names.append(node.op.name)
         if isinstance(node, relax.Call) and isinstance(node.op, tvm.ir.Op) else None)
     return names
+
+
+def export_to_relax(module, shape):
+    """A module through torch.export into Relax, as the .pt2 importer does."""
+    from tvm.relax.frontend.torch import from_exported_program
+
+    program = torch.export.export(module.eval(), (torch.zeros(shape),))
+    return from_exported_program(program, unwrap_unit_return_tuple=True)
+
+
+def run_on_host(mod, x):
+    """A Relax module built for the host with tvmshuffle's pipeline, run on ``x``; its output
+    as numpy (the first of a 1-tuple, as ONNX imports return)."""
+    import tvm
+    from tvm import relax
+
+    from tvmshuffle import pipeline, target
+
+    tgt = target.resolve("host").tvm_target
+    exe = tvm.compile(pipeline.lower(mod, tgt), target=tgt, relax_pipeline=None)
+    out = relax.VirtualMachine(exe, tvm.cpu())["main"](tvm.runtime.tensor(x))
+    return out.numpy() if hasattr(out, "numpy") else out[0].numpy()

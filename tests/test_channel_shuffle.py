@@ -11,7 +11,7 @@ from tvm import relax
 from tvm.script import ir as I
 from tvm.script import relax as R
 
-from conftest import compile_and_run
+from conftest import compile_and_run, export_to_relax, run_on_host
 from tvmshuffle import frontends, models, pipeline, target
 from tvmshuffle.passes import channel_shuffle as cs
 from tvmshuffle.passes import sink_channel_shuffle
@@ -61,20 +61,6 @@ class _Net(nn.Module):
         return self.gconv2(y)
 
 
-def _import(module: nn.Module, shape=(1, 12, 8, 8)) -> tvm.IRModule:
-    program = torch.export.export(module.eval(), (torch.zeros(shape),))
-    from tvm.relax.frontend.torch import from_exported_program
-
-    return from_exported_program(program, unwrap_unit_return_tuple=True)
-
-
-def _run(mod: tvm.IRModule, x: np.ndarray) -> np.ndarray:
-    tgt = target.resolve("host").tvm_target
-    exe = tvm.compile(pipeline.lower(mod, tgt), target=tgt, relax_pipeline=None)
-    vm = relax.VirtualMachine(exe, tvm.cpu())
-    return vm["main"](tvm.runtime.tensor(x)).numpy()
-
-
 def _calls(mod: tvm.IRModule) -> list[relax.Call]:
     calls = []
     relax.analysis.post_order_visit(
@@ -103,7 +89,7 @@ def test_every_idiom_and_position_is_fused_exactly(idiom, where, layout):
     convolution after it and gives the same numbers."""
     torch.manual_seed(0)
     net = _Net(idiom, where)
-    mod = _import(net)
+    mod = export_to_relax(net, (1, 12, 8, 8))
     assert "relax.permute_dims" in _ops(mod)
     fused = pipeline.optimize(mod, layout=layout)
     ops = _ops(fused)
@@ -114,7 +100,7 @@ def test_every_idiom_and_position_is_fused_exactly(idiom, where, layout):
     x = frontends.fixed_input((1, 12, 8, 8))
     with torch.no_grad():
         expected = net(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(_run(fused, x), expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(run_on_host(fused, x), expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
@@ -128,7 +114,7 @@ def test_onnx_form_is_fused(tmp_path, layout):
     fused = pipeline.optimize(imported.mod, layout=layout)
     _assert_fused(_ops(fused), layout)
     x = frontends.fixed_input((1, 12, 8, 8))
-    np.testing.assert_allclose(_run(fused, x), imported.reference(x)[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(run_on_host(fused, x), imported.reference(x)[0], atol=1e-5, rtol=0)
 
 
 def test_permutation_is_the_papers_shuffle():

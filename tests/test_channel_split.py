@@ -12,7 +12,7 @@ from tvm import relax
 from tvm.script import ir as I
 from tvm.script import relax as R
 
-from conftest import compile_and_run, relax_ops
+from conftest import compile_and_run, export_to_relax, relax_ops, run_on_host
 from tvmshuffle import frontends, models, pipeline, target
 from tvmshuffle.passes import fold_channel_split, take_to_slice
 
@@ -78,21 +78,10 @@ SHAPE = (1, 4, 6, 6)
 
 
 def _import(model: nn.Module, path: str, tmp_path) -> tvm.IRModule:
-    if path == "onnx":
-        spec = frontends.ModelSpec(str(frontends.export_onnx(model, SHAPE, tmp_path / "m.onnx")))
-    else:
-        program = torch.export.export(model.eval(), (torch.zeros(SHAPE),))
-        from tvm.relax.frontend.torch import from_exported_program
-
-        return from_exported_program(program, unwrap_unit_return_tuple=True)
-    return frontends.load(spec).mod
-
-
-def _run(mod: tvm.IRModule, x: np.ndarray) -> np.ndarray:
-    tgt = target.resolve("host").tvm_target
-    exe = tvm.compile(pipeline.lower(mod, tgt), target=tgt, relax_pipeline=None)
-    out = relax.VirtualMachine(exe, tvm.cpu())["main"](tvm.runtime.tensor(x))
-    return out.numpy() if hasattr(out, "numpy") else out[0].numpy()  # ONNX: a 1-tuple
+    if path == "torch":
+        return export_to_relax(model, SHAPE)
+    path = frontends.export_onnx(model, SHAPE, tmp_path / "m.onnx")
+    return frontends.load(frontends.ModelSpec(str(path))).mod
 
 
 @pytest.mark.parametrize("path", ["torch", "onnx"])
@@ -113,13 +102,13 @@ def test_every_idiom_is_rebuilt_from_its_sources_exactly(shuffle, split, path, t
     assert ops.count("relax.take") == (0 if shuffle == "none" else 1), ops
     x = np.random.default_rng(0).standard_normal(SHAPE).astype("float32")
     expected = model(torch.from_numpy(x)).detach().numpy()
-    np.testing.assert_allclose(_run(folded, x), expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(run_on_host(folded, x), expected, rtol=0, atol=1e-5)
     # the whole graph pipeline, channels-last: the gather is made channels-last too, and the
     # only transposes left are the two layout edges
     optimized = pipeline.optimize(mod)
     ops = relax_ops(optimized)
     assert ops.count("relax.permute_dims") == 2 and "relax.reshape" not in ops, ops
-    np.testing.assert_allclose(_run(optimized, x), expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(run_on_host(optimized, x), expected, rtol=0, atol=1e-5)
 
 
 class _DenseLike(nn.Module):
@@ -144,7 +133,7 @@ def test_a_terminal_also_read_inside_its_region_stays_defined():
     ops = relax_ops(relax.transform.FoldConstant()(folded))
     assert ops.count("relax.reshape") == 1 and "relax.permute_dims" not in ops, ops  # flatten
     x = np.random.default_rng(0).standard_normal(SHAPE).astype("float32")
-    np.testing.assert_allclose(_run(folded, x), model(torch.from_numpy(x)).detach().numpy(),
+    np.testing.assert_allclose(run_on_host(folded, x), model(torch.from_numpy(x)).detach().numpy(),
                                rtol=0, atol=1e-5)
 
 

@@ -55,7 +55,7 @@ import tvm
 from tvm import relax, tirx
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
-from .channel_shuffle import _static_shape
+from .channel_shuffle import _relax_functions, _static_shape
 
 MOVEMENT_OPS = ("relax.concat", "relax.reshape", "relax.permute_dims", "relax.strided_slice",
                 "relax.split", "relax.squeeze", "relax.expand_dims", "relax.take")
@@ -337,21 +337,18 @@ class _Rebuild(relax.PyExprMutator):
                 new = relax.op.take(gathered, index, axis=1, mode="clip")
             self.builder_.emit_normalized(relax.VarBinding(var, self.builder_.normalize(new)))
             return
-        if isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.nn.conv2d"):
-            data = value.args[0]
-            if data in self.gathered and _dense_conv_reading(value, data):
-                plan = self.plans[data]
-                weight = value.args[1].value.numpy()
-                # W'[:, j] = sum of W[:, c] over the channels c that read gathered channel j
-                channels = sum(end - begin for _, begin, end in plan.pieces)
-                permuted = np.zeros((weight.shape[0], channels, *weight.shape[2:]),
-                                    weight.dtype)
-                np.add.at(permuted, (slice(None), plan.index), weight)
-                call = relax.Call(value.op, [self.gathered[data],
-                                             relax.const(permuted, str(weight.dtype))],
-                                  value.attrs)
-                self.builder_.emit_normalized(relax.VarBinding(var, self.builder_.normalize(call)))
-                return
+        data = value.args[0] if isinstance(value, relax.Call) and value.args else None
+        if data in self.gathered and _dense_conv_reading(value, data):
+            plan = self.plans[data]
+            weight = value.args[1].value.numpy()
+            # W'[:, j] = sum of W[:, c] over the channels c that read gathered channel j
+            channels = sum(end - begin for _, begin, end in plan.pieces)
+            permuted = np.zeros((weight.shape[0], channels, *weight.shape[2:]), weight.dtype)
+            np.add.at(permuted, (slice(None), plan.index), weight)
+            call = relax.Call(value.op, [self.gathered[data],
+                                         relax.const(permuted, str(weight.dtype))], value.attrs)
+            self.builder_.emit_normalized(relax.VarBinding(var, self.builder_.normalize(call)))
+            return
         super().visit_var_binding_(binding)
 
 
@@ -367,9 +364,8 @@ def _rewrite(mod: tvm.IRModule, name: str) -> relax.Function:
 @tvm.transform.module_pass(opt_level=0, name="tvmshuffle.FoldChannelSplit")
 def fold_channel_split(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Every concat -> shuffle -> split region rebuilt from its sources (see the module)."""
-    for gv, func in list(mod.functions.items()):
-        if isinstance(func, relax.Function) and not func.attrs.get("Primitive", False):
-            mod[gv] = _rewrite(mod, gv.name_hint)
+    for name in _relax_functions(mod):
+        mod[name] = _rewrite(mod, name)
     return mod
 
 
@@ -393,7 +389,6 @@ def take_channels_last(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         return relax.op.take(matches[data], matches[index], axis=3,
                              mode=str(matches[take].attrs.mode))
 
-    for gv, func in list(mod.functions.items()):
-        if isinstance(func, relax.Function) and not func.attrs.get("Primitive", False):
-            mod[gv] = rewrite_call(pattern, rewriter, func)
+    for name in _relax_functions(mod):
+        mod[name] = rewrite_call(pattern, rewriter, mod[name])
     return mod
