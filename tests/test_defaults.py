@@ -93,6 +93,19 @@ def test_channels_not_a_multiple_of_the_vector_are_blocked_whole_or_in_whole_vec
     assert twenty[-1] == 20
 
 
+def test_a_neon_window_gets_the_block_with_the_smallest_padded_copy():
+    """On NEON a kernel with a window of taps (its padding copied per block with its halo)
+    takes, of the blocks with as many accumulators, the squarest: ShuffleNet 1x's depthwise
+    convolution at 28x28 gets 4 x 7 pixels (a 6 x 9 copy), not 1 x 28 (3 x 30); without a
+    window, and on x86, the block is as before."""
+    depthwise = [1, 28, 28, 60]
+    reads = [frozenset({0, 1, 2, 3}), frozenset({3})]  # input: pixels and channels; weights
+    assert defaults.register_block(depthwise, reads, NEON, False, window=True) == (1, 4, 7, 4)
+    assert defaults.register_block(depthwise, reads, NEON, False) == (1, 1, 28, 4)
+    assert defaults.register_block(STAGE3, STAGE3_READS, NEON, False, window=True) == \
+        defaults.register_block(STAGE3, STAGE3_READS, NEON, False)
+
+
 def test_reduction_tiles_keep_the_window_whole_and_stop_at_64():
     """R1: a 3x3 window inside whole, the channel loop's inner factor the largest divisor that
     keeps the inner reduction within MetaSchedule's 64; a 1x1 convolution's channels whole
@@ -277,3 +290,43 @@ def test_neon_blocks_load_their_input_a_vector_at_a_time(small_tasks):
             workspaces = re.findall(r"%(\w+) = tail call ptr %\d+\(i32 1, i32 %dev_id", llvm_ir)
             assert not [w for w in workspaces if not w.startswith("param_")], workspaces
     assert vectorized >= 3  # ShuffleNet 0.25x at 64x64: the kernels of 20 input channels a group
+
+
+def test_neon_vectors_are_one_register_wide_in_defaults_and_in_tuning(small_tasks):
+    """On NEON no vectorized loop of a default is a multiple of 4 lanes wider than 4 (a
+    20-channel block as five registers, not a <20 x float> LLVM splits and partly keeps on the
+    stack), and the design
+    space tuning samples from has the same postprocessor after MetaSchedule's vectorization;
+    x86 keeps MetaSchedule's space as it is."""
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+    from tvmshuffle import space
+
+    arm = target.resolve("arm").tvm_target
+    host, tasks = small_tasks
+    wide = re.compile(r"T\.vectorized\(T\.int64\((\d+)\)\)")
+    twenty = 0
+    for task in [t for t in tasks if t.kind in ("grouped", "depthwise", "conv")]:
+        mod = task.extracted.dispatched[0]
+        neon = defaults.default_schedule(mod, arm)
+        widths = {int(w) for w in wide.findall(neon.schedule.mod.script())}
+        # left as they are: the stem's padding (its 3 channels), blocks of 10 or 30 channels
+        # (whole loops, not whole vectors)
+        assert not [w for w in widths if w > 4 and w % 4 == 0], (task.name, widths)
+        twenty += neon.block[-1] == 20
+    assert twenty, "ShuffleNet 0.25x has 20-channel blocks"
+    names = [type(p).__name__ for p in space.postprocs(arm)]
+    at = next(i for i, n in enumerate(names) if "RewriteParallelVectorizeUnroll" in n)
+    assert "RegisterVectors" in names[at + 1] and "RewriteReductionBlock" in names[at + 2]
+    assert [type(p).__name__ for p in space.postprocs(host)] == [
+        type(p).__name__ for p in ms.postproc.Postproc.create("llvm")]
+    # a candidate the search makes: the space's own sample, postprocessed
+    grouped = next(t for t in tasks if t.kind == "grouped").extracted.dispatched[0]
+    context = ms.TuneContext(mod=grouped, target=arm, space_generator=space.space_generator(arm),
+                             task_name="t", rand_state=1, num_threads=1).clone()
+    sample = context.generate_design_space()[0]
+    sch = s_tir.Schedule(grouped)
+    sample.trace.apply_to_schedule(sch, remove_postproc=True)
+    sch.enter_postproc()
+    assert all(p.apply(sch) for p in context.space_generator.postprocs)
+    assert not [w for w in wide.findall(sch.mod.script()) if int(w) > 4 and int(w) % 4 == 0]

@@ -28,7 +28,10 @@ instead, with the decisions the search would sample chosen from the target:
   locations (else as a copy at the root; never inlined into the multiply-add loop); loops are
   unrolled up to 512 steps;
 * on NEON (no FMA memory operand) the input is read a vector of reduction steps at a time
-  into registers, whose lanes the FMAs broadcast (``vector_input_loads``);
+  into registers, whose lanes the FMAs broadcast, and every vectorized loop is one register
+  wide, a block of 20 channels five registers (``space``: the design space tuning shares);
+  of the blocks with as many accumulators, a kernel with a window of taps takes the one with
+  the smallest padded copy (``register_block``);
 * the weights are read in the order the block reads them: with no database (and in a database
   made so, records.DEFAULT_METHOD) each kernel's weights are marked layout-free and
   MetaSchedule's RewriteLayout postprocessor, part of the design space's postprocessors,
@@ -58,7 +61,7 @@ from dataclasses import dataclass
 
 import tvm
 
-from . import tiles
+from . import space, tiles
 from .errors import first_line
 
 log = logging.getLogger(__name__)
@@ -106,13 +109,15 @@ def spatial_reads(mod: tvm.IRModule) -> list[frozenset[int]] | None:
 
 
 def register_block(extents: list[int], reads: list[frozenset[int]], regs: tiles.Registers,
-                   memory_operands: bool) -> tuple[int, ...]:
+                   memory_operands: bool, window: bool = False) -> tuple[int, ...]:
     """The S3 tile of each spatial loop (the last one vectorized) with the most multiply-adds
     per load: a block of B outputs costs, per reduction step, B / lanes vector FMAs and, per
     buffer read, one load for each distinct element it reads (a broadcast scalar when the
     vectorized loop does not index it, a vector when it does): pixels x channels reuse the
     input across the channel vectors and the weights across the pixels. Masked lanes count as
-    lost work. Ties: more accumulators, then blocks along the inner loops.
+    lost work. Ties: more accumulators, then (``window``: a kernel with a window of taps, whose
+    padding is copied per block with its halo, the block's pixels + 2 each way) the smaller
+    copy, then blocks along the inner loops.
 
     The register file holds the accumulators, one broadcast and the weight vectors. On x86
     (``memory_operands``: an FMA may take a load as operand) LLVM still keeps a weight vector
@@ -126,7 +131,11 @@ def register_block(extents: list[int], reads: list[frozenset[int]], regs: tiles.
     GFLOP/s; ShuffleNet 1x's stage-2/3 group convolutions 1.2-2x faster (stage 3's 7-call
     expansion 40 -> 80 GFLOP/s); at 7x7 the 7 x 16 block stays (7 x 8, without spills, ran 30%
     slower), as do blocks that fit (the stems' 4 x 24). On NEON (32 registers, no FMA memory
-    operand) the count is the plain one, unmeasured on a device."""
+    operand) the count is the plain one, unmeasured on a device; there ``window`` is given:
+    ShuffleNet 1x's stride-1 depthwise convolutions at 28x28 get 4 x 7 pixels instead of 1 x 28,
+    a padded copy of 6 x 9 pixels per block instead of 3 x 30: 0.62 M instructions a call
+    instead of 0.89 M (counted on the emulated arm64 device, session 25); x86's blocks, chosen
+    by time, are left as they were."""
     *outer, channels = extents
     last = len(extents) - 1
     # whole vectors, or the whole loop: a block that ends inside a vector repeats a masked,
@@ -160,7 +169,9 @@ def register_block(extents: list[int], reads: list[frozenset[int]], regs: tiles.
             loads = sum(math.prod(pixels[i] for i in read if i != last)
                         * (vectors * weight_cost if last in read else 1) for read in reads)
             intensity = accumulators / max(1, loads + spill) * lane_use
-            key = (round(intensity, 6), accumulators, tuple(reversed(pixels)))
+            # a window's producer (the padding) is copied per block with its halo
+            halo = -math.prod(p + 2 for p in pixels) if window else 0
+            key = (round(intensity, 6), accumulators, halo, tuple(reversed(pixels)))
             if best_key is None or key > best_key:
                 best, best_key = (*pixels, c3), key
     if best is None:  # a vector too wide for the file: one vector's worth
@@ -226,7 +237,7 @@ def _context(mod: tvm.IRModule, target: tvm.target.Target):
     from .tune.builders import import_tensor_intrinsics
 
     import_tensor_intrinsics()  # TuneContext imports them; fast this way
-    return ms.TuneContext(mod=mod, target=target, space_generator="post-order-apply",
+    return ms.TuneContext(mod=mod, target=target, space_generator=space.space_generator(target),
                           task_name="default", rand_state=0, num_threads=1).clone()
 
 
@@ -249,7 +260,9 @@ def _tile_choice(trace, reads, regs: tiles.Registers, cores: int, memory_operand
     if spatial is None:
         return None
     extents = [math.prod(d) for d in decisions]
-    block = register_block(extents[:spatial], reads, regs, memory_operands)
+    # taps in more than one reduction loop (3 x 3, with or without input channels): a window
+    window = not memory_operands and sum(e > 1 for e in extents[spatial:]) >= 2
+    block = register_block(extents[:spatial], reads, regs, memory_operands, window)
     chosen = (spatial_tiles(extents[:spatial], block, cores)
               + reduction_tiles(extents[spatial:],
                                 math.prod(block[:-1]) if odd_vector(block[-1], regs) else 1))
@@ -269,56 +282,11 @@ def _apply(mod: tvm.IRModule, trace, postprocs, lanes: int = 0):
     sch = s_tir.Schedule(mod)
     trace.apply_to_schedule(sch, remove_postproc=True)
     if lanes:
-        vector_input_loads(sch, lanes)
+        space.vector_input_loads(sch, lanes)
     sch.enter_postproc()
     if not all(postproc.apply(sch) for postproc in postprocs):
         return None
     return sch
-
-
-def vector_input_loads(sch, lanes: int) -> bool:
-    """Load the input of the tiled block ``lanes`` reduction steps at a time: split the inner
-    reduction loop (R1) by ``lanes``, read the input tile those steps use into a small buffer
-    at the outer part, with a vectorized copy. The multiply-adds then take their broadcast
-    from a lane of a register (NEON's ``fmla v.4s, v.4s, v.s[i]``) instead of a scalar load
-    each. Applies when the input's innermost index is the innermost reduction variable (NHWC
-    and the group axis: the input channels, contiguous) and R1 is a multiple of ``lanes``;
-    returns whether it did. Counted on the emulated arm64 device, all instructions of one
-    inference (benchmarks/RESULTS.md, session 22): ShuffleNet 0.5x g3 34.5 -> 28.0 M, 1x
-    81.3 -> 73.6 M, MobileNet v1 239.2 -> 198.6 M, every FMA lane still used. Not for x86,
-    whose FMA takes its broadcast from memory as an operand."""
-    from tvm import tirx
-
-    for block in sch.get_child_blocks(sch.get_sblock("root")):
-        stmt = sch.get(block)
-        if stmt.annotations.get("meta_schedule.tiling_structure") is None:
-            continue
-        spatial = sum(1 for iv in stmt.iter_vars if iv.iter_type == 0)
-        reduction = [iv.var for iv in stmt.iter_vars if iv.iter_type == 2]
-        loops = sch.get_loops(block)
-        if not reduction or len(loops) <= spatial:
-            return False
-        inner = loops[len(loops) - spatial - 1]  # SSRSRS: R1, just outside the last S level
-        extent = sch.get(inner).extent
-        if not isinstance(extent, tirx.IntImm) or int(extent) % lanes:
-            return False
-        data = [i for i, region in enumerate(stmt.reads)
-                if int(region.region[-1].extent) == 1
-                and isinstance(region.region[-1].min, tirx.Var)
-                and region.region[-1].min.same_as(reduction[-1])]
-        if len(data) != 1:
-            return False
-        outer, _ = sch.split(inner, [None, lanes])
-        # "global", not "local": TVM puts a small global buffer on the stack, and any "local"
-        # one, inside a parallel loop, in its workspace pool (a runtime call per iteration:
-        # 2.3 M instructions on ShuffleNet 1x)
-        cache = sch.cache_read(block, data[0], "global")
-        # unit loops kept: the copy's loop count must not depend on the tile decisions, which
-        # tuning mutates and replays this trace with (a GetLoops of another length fails)
-        sch.compute_at(cache, outer, preserve_unit_loops=True)
-        sch.vectorize(sch.get_loops(cache)[-1])
-        return True
-    return False
 
 
 def _with_categoricals(trace):
@@ -393,9 +361,9 @@ def default_schedule(mod: tvm.IRModule, target: tvm.target.Target) -> Default | 
     regs = tiles.registers(target)
     cores = int(target.attrs.get("num-cores", 1))
     # x86 FMAs take a memory operand: the weight vectors need no register of their own
-    memory_operands = str(target.attrs.get("mtriple", "x86_64")).startswith(("x86_64", "i686"))
-    for space in spaces:
-        trace = space.trace
+    memory_operands = space.memory_operands(target)
+    for design in spaces:
+        trace = design.trace
         choice = _tile_choice(trace, reads, regs, cores, memory_operands)
         if choice is None:
             continue
@@ -412,7 +380,7 @@ def default_schedule(mod: tvm.IRModule, target: tvm.target.Target) -> Default | 
         for lanes in ([] if memory_operands else [regs.lanes]) + [0]:
             try:
                 sch = _apply(mod, trace, context.space_generator.postprocs, lanes)
-            except (tvm.TVMError, ValueError, RuntimeError) as err:
+            except (RuntimeError, ValueError) as err:  # TVM: InternalError, ScheduleError...
                 log.debug("default schedule rejected (vector input loads %d): %s", lanes,
                           first_line(err))
                 continue

@@ -7,8 +7,6 @@ import logging
 import threading
 from typing import Callable
 
-import tvm
-
 from .. import tiles
 from ..errors import first_line
 from ..records import mean_ms
@@ -32,7 +30,7 @@ def _with_tiles(context, trace, insts: list, decisions: list[list[int]]):
         sch.enter_postproc()
         if not all(postproc.apply(sch) for postproc in context.space_generator.postprocs):
             return None
-    except (tvm.TVMError, ValueError, RuntimeError) as err:
+    except (RuntimeError, ValueError) as err:  # TVM: InternalError, ScheduleError...
         log.debug("tile decisions %s rejected: %s", decisions, first_line(str(err)))
         return None
     return sch

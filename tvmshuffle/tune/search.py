@@ -11,7 +11,7 @@ from typing import Callable
 
 import tvm
 
-from .. import interrupts
+from .. import interrupts, space
 from ..errors import DeviceError, TvmShuffleError, first_line
 from ..records import (LEGACY_METHOD, best_ms, database_method, mean_ms, settle_method,
                        write_method)
@@ -48,7 +48,8 @@ def _context(task: Task, config: TuneConfig, budget: int):
 
     import_tensor_intrinsics()  # before TuneContext imports them, once, when a task is tuned
     return ms.TuneContext(mod=task.extracted.dispatched[0], target=task.extracted.target,
-                          space_generator="post-order-apply", search_strategy=_search(budget),
+                          space_generator=space.space_generator(task.extracted.target),
+                          search_strategy=_search(budget),
                           task_name=task.name, logger=_task_logger(config.db_dir, task),
                           rand_state=config.seed, num_threads="physical").clone()
 
