@@ -275,13 +275,20 @@ def test_copy_kernels_are_those_that_do_no_arithmetic():
 
 def test_shufflenet_copy_kernels_are_the_layout_edges_with_the_pass():
     """With the pass, ShuffleNet v1 keeps two kernels that do no arithmetic (the NCHW -> NHWC
-    layout change of the input and back before the classifier), one call each; without it,
-    every channel shuffle is one more, called once per unit."""
+    layout change of the input and back before the classifier), one call each, and the pass
+    counts the 16 shuffles it fused; without it, every channel shuffle is one more kernel,
+    called once per unit, and nothing is counted as fused."""
+    from tvmshuffle.passes import ledger
+
     imported = frontends.load(frontends.ModelSpec("shufflenet_v1_g3_0.25x", (64, 64)))
     tgt = target.resolve("host").tvm_target
     with tgt:
-        fused = pipeline.lower(pipeline.optimize(imported.mod), tgt)
-        plain = pipeline.lower(pipeline.optimize(imported.mod, False), tgt)
+        with ledger.recording() as on:
+            fused = pipeline.lower(pipeline.optimize(imported.mod), tgt)
+        with ledger.recording() as off:
+            plain = pipeline.lower(pipeline.optimize(imported.mod, False), tgt)
+    # what the manifest's channel_passes says: each unit's shuffle fused, none without the pass
+    assert on["shuffles_fused_into_convolutions"] == 16 and not any(off.values()), (on, off)
     edges = pipeline.copy_kernels(fused)
     assert len(edges) == 2 and all("transpose" in name for name in edges), edges
     assert sum(edges.values()) == 2

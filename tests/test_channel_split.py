@@ -193,12 +193,20 @@ def test_shufflenet_v2_copy_kernels_are_counted_and_few():
     called once: the two layout edges, one gather of channel ranges per unit's dense reader
     (13 stride-1 units, the 2 stride-2 units' 1x1 branch, conv5) and one gather per stride-2
     unit's depthwise reader. Without the pass: more kernels, called more often."""
+    from tvmshuffle.passes import ledger
+
     imported = frontends.load(frontends.ModelSpec("shufflenet_v2_0.5x", (64, 64)))
     tgt = target.resolve("host").tvm_target
     with tgt:
-        fused = pipeline.copy_kernels(pipeline.lower(pipeline.optimize(imported.mod), tgt))
+        with ledger.recording() as on:
+            fused = pipeline.copy_kernels(pipeline.lower(pipeline.optimize(imported.mod), tgt))
         plain = pipeline.copy_kernels(pipeline.lower(pipeline.optimize(imported.mod, False),
                                                      tgt))
+    # the manifest's channel_passes: a rebuilt tensor per range gather, the two gathered ones
+    # (the stride-2 units' depthwise readers) those with a take
+    assert on["split_regions_rebuilt"] == sum("concatenate" in name for name in fused) == 16
+    assert on["split_regions_gathered"] == sum("take" in name for name in fused) == 2
+    assert on["split_regions_in_conv_weights"] == 14, on
     assert set(fused.values()) == {1}, fused
     edges = [name for name in fused if "concatenate" not in name and "take" not in name]
     assert len(edges) == 2 and all("transpose" in name for name in edges), fused
@@ -222,4 +230,5 @@ def test_shufflenet_v2_numerics_with_the_pass(name, path, tmp_path):
         spec = frontends.ModelSpec(str(model_path))
     manifest, result = compile_and_run(spec, tmp_path / "out")
     assert manifest["fuse_shuffle"]
+    assert manifest["channel_passes"]["split_regions_rebuilt"] == 16  # one a unit
     assert result.max_abs_err < 1e-5

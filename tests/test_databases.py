@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_one_line_error, invoke
-from tvmshuffle import cachedir, places, records, target, taskdb, tune
+from tvmshuffle import cachedir, places, records, target, taskdb
 from tvmshuffle.errors import DatabaseError
 
 
@@ -348,7 +348,6 @@ def test_a_compacted_database_keeps_the_fastest_and_counts_what_it_dropped(tmp_p
     from tvm.s_tir import meta_schedule as ms
 
     from tvmshuffle import compact
-    from tvmshuffle.tune.budget import plan
 
     here, there = _host("znver4").tvm_target, _host("znver5").tvm_target
     doubled, tripled = _kernel(2.0), _kernel(3.0)

@@ -25,6 +25,7 @@ import tvm
 from . import __version__, flops, frontends, pipeline, records, schedule_cache, toolchain
 from .errors import BadInputError, BuildError, TvmShuffleError, first_line
 from .flops import FlopReport
+from .passes import ledger
 from .target import TargetConfig
 
 log = logging.getLogger(__name__)
@@ -184,8 +185,10 @@ def prepare_out_dir(out_dir: Path) -> Path:
 
 
 def write_artifact(out_dir: Path, compiled: Compiled, model: frontends.ImportedModel,
-                   config: CompileConfig, flops: FlopReport, dump_ir: bool = False) -> dict:
+                   config: CompileConfig, flops: FlopReport, dump_ir: bool = False,
+                   channel_passes: dict | None = None) -> dict:
     """Export the library, reference data and manifest into ``out_dir``; return the manifest.
+    ``channel_passes``: what the channel passes rewrote (``passes.ledger``), when counted.
 
     The manifest comes last and an earlier one goes first: a folder with a manifest holds the
     library and reference it describes, and an export that fails leaves no library behind."""
@@ -237,6 +240,9 @@ def write_artifact(out_dir: Path, compiled: Compiled, model: frontends.ImportedM
         # multiply-adds per inference of each kernel that does any (deploy --count-instructions)
         "kernel_macs": compiled.kernel_macs,
         "fuse_shuffle": config.fuse_shuffle,
+        # the rewrites the channel passes made (passes/ledger.py): shuffles fused, v2 regions
+        # rebuilt; none when the pass is off
+        "channel_passes": channel_passes,
         "layout": config.layout,
         "tuning": {"db": str(config.db) if config.db else None,
                    "fallback_dbs": [str(db) for db in compiled.fallback_dbs],
@@ -264,10 +270,12 @@ def build_artifact(model: frontends.ImportedModel, config: CompileConfig, out_di
     """Graph passes, build and export of an imported model into ``out_dir``: its manifest."""
     config.linker()  # no linker for the target: say so before any work
     prepare_out_dir(out_dir)
-    compiled = compile_module(pipeline.optimize(model.mod, config.fuse_shuffle,
-                                                config.layout), config)
+    with ledger.recording() as channel_passes:
+        optimized = pipeline.optimize(model.mod, config.fuse_shuffle, config.layout)
+    compiled = compile_module(optimized, config)
     # counted before the shuffle pass turns the convolutions it fuses into call_tir kernels
-    return write_artifact(out_dir, compiled, model, config, flops.count(model.mod), dump_ir)
+    return write_artifact(out_dir, compiled, model, config, flops.count(model.mod), dump_ir,
+                          dict(channel_passes) if config.fuse_shuffle else None)
 
 
 def sha256(path: Path) -> str:

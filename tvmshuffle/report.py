@@ -177,7 +177,9 @@ def compile_summary(manifest: dict, out_dir: str) -> None:
     # data_movement_kernels (manifest) sees only shuffles that keep their tensor's shape (in
     # NHWGC it misses those that absorb a view): not printed as a count of shuffles left
     state = "pass on" if manifest["fuse_shuffle"] else "pass off (--no-fuse-shuffle)"
-    out.print(f"  convolutions {manifest.get('layout', 'NCHW')}; channel shuffle {state}")
+    done = channel_passes_done(manifest.get("channel_passes"))
+    out.print(f"  convolutions {manifest.get('layout', 'NCHW')}; channel shuffle {state}"
+              + (f": {done}" if done else ""))
     copies = manifest.get("copy_kernels", {})
     out.print(f"  kernels that do no arithmetic (copies, concat, gathers, transposes): "
               f"{len(copies)}, {sum(copies.values())} calls"
@@ -185,6 +187,26 @@ def compile_summary(manifest: dict, out_dir: str) -> None:
                  if copies else ""))
     out.print(f"  {out_dir}/{manifest['library']['file']} "
               f"({manifest['library']['bytes'] / 1e6:.1f} MB), {out_dir}/manifest.json")
+
+
+def channel_passes_done(counts: dict | None) -> str:
+    """What the channel passes rewrote, in words (manifest ``channel_passes``); "" for nothing.
+    Only rewrites the passes counted as they made them are named."""
+    if not counts:
+        return ""
+    said = []
+    if counts.get("shuffles_fused_into_convolutions"):
+        said.append(f"{counts['shuffles_fused_into_convolutions']} shuffles fused into the "
+                    "convolutions that read them")
+    if counts.get("identity_shuffles_removed"):
+        said.append(f"{counts['identity_shuffles_removed']} one-group shuffles removed")
+    if counts.get("split_regions_rebuilt"):
+        said.append(f"{counts['split_regions_rebuilt']} v2 split/concat/shuffle outputs rebuilt "
+                    f"from the branches ({counts.get('split_regions_in_conv_weights', 0)} in "
+                    f"convolution weights, {counts.get('split_regions_gathered', 0)} gathered)")
+    if counts.get("constant_takes_as_slices"):
+        said.append(f"{counts['constant_takes_as_slices']} constant gathers made slices")
+    return "; ".join(said)
 
 
 def run_json(manifest: dict, result, kernels=None) -> dict:

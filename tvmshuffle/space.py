@@ -48,8 +48,8 @@ def register_vectors(sch, lanes: int) -> None:
 
 
 def _register_vectors_postproc():
-    from tvm.s_tir import meta_schedule as ms
     from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
 
     @derived_object
     class RegisterVectors(ms.postproc.PyPostproc):

@@ -52,6 +52,8 @@ import tvm
 from tvm import relax, te, tirx
 from tvm.relax.dpl import TupleGetItemPattern, is_const, is_op, rewrite_call, wildcard
 
+from . import ledger
+
 # Operators with out[..., c, ...] = f(in[..., c, ...]): a channel permutation commutes with them.
 ELEMENTWISE_OPS = ("relax.nn.relu", "relax.nn.silu", "relax.nn.gelu", "relax.nn.selu",
                    "relax.nn.leakyrelu", "relax.clip", "relax.sigmoid", "relax.tanh",
@@ -347,6 +349,7 @@ def _fuse(mod: tvm.IRModule, func_name: str, builder: relax.BlockBuilder) -> rel
                 return expr
             kernel = _conv_prim_func(expr, data, permutation)
             gvar = builder.add_func(kernel, "shuffled_conv2d")
+            ledger.note("shuffles_fused_into_convolutions")
             return relax.call_tir(gvar, [data, matches[weight]], expr.ty)
 
         func = rewrite_call(conv, rewriter, func)
@@ -366,6 +369,7 @@ def _drop_identity(func: relax.Function) -> relax.Function:
         permutation = chain.permutation(matches)
         if permutation is None or not permutation.is_identity:
             return expr
+        ledger.note("identity_shuffles_removed")
         return matches[chain.data]
 
     return rewrite_call(chain.pattern, rewriter, func)

@@ -55,6 +55,7 @@ import tvm
 from tvm import relax, tirx
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
+from . import ledger
 from .channel_shuffle import _relax_functions, _static_shape
 
 MOVEMENT_OPS = ("relax.concat", "relax.reshape", "relax.permute_dims", "relax.strided_slice",
@@ -328,8 +329,11 @@ class _Rebuild(relax.PyExprMutator):
         if plan is not None:
             gathered = self._gather(plan)
             self.gathered[var] = gathered
+            ledger.note("split_regions_rebuilt")
             if not plan.logical:
+                ledger.note("split_regions_in_conv_weights")
                 return  # every reader is a convolution that reads ``gathered`` instead
+            ledger.note("split_regions_gathered")
             if np.array_equal(plan.index, np.arange(len(plan.index))):
                 new = gathered  # a copy of the binding: CanonicalizeBindings removes it
             else:

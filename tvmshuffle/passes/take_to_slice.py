@@ -20,6 +20,8 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
+from . import ledger
+
 
 def _slice(call: relax.Call, data: relax.Expr, index: np.ndarray) -> relax.Expr | None:
     if call.attrs.axis is None or not isinstance(data.ty, relax.TensorType):
@@ -50,7 +52,10 @@ def _rewrite(func: relax.Function) -> relax.Function:
 
     def rewriter(expr: relax.Expr, matches) -> relax.Expr:
         found = _slice(matches[pattern], matches[data], matches[index].value.numpy())
-        return expr if found is None else found
+        if found is None:
+            return expr
+        ledger.note("constant_takes_as_slices")
+        return found
 
     return rewrite_call(pattern, rewriter, func)
 
