@@ -330,3 +330,32 @@ def test_neon_vectors_are_one_register_wide_in_defaults_and_in_tuning(small_task
     sch.enter_postproc()
     assert all(p.apply(sch) for p in context.space_generator.postprocs)
     assert not [w for w in wide.findall(sch.mod.script()) if int(w) > 4 and int(w) % 4 == 0]
+
+
+def test_neon_kernels_that_only_move_data_are_one_vectorized_loop_nest(small_tasks):
+    """On NEON a kernel that only moves data (a stride-2 unit's concat + ReLU between two
+    reshapes: four loop nests through three buffers as TVM writes it) becomes one loop nest
+    vectorized 4 lanes wide, computing what the unscheduled kernel computes; pooling keeps
+    TVM's loops, and so does every such kernel on x86."""
+    arm = target.resolve("arm").tvm_target
+    host, tasks = small_tasks
+    rng = np.random.default_rng(0)
+    scheduled = 0
+    for task in [t for t in tasks if t.kind == "other"]:
+        mod = task.extracted.dispatched[0]
+        neon = defaults.default_schedule(mod, arm)
+        assert defaults.default_schedule(mod, host) is None, task.name
+        if "pool" in task.name:
+            assert neon is None, task.name
+        if neon is None:
+            continue
+        script = neon.schedule.mod.script()
+        assert script.count("T.sblock(") == 2, task.name  # the root and one block
+        assert "T.vectorized(T.int64(4))" in script, task.name
+        args = [rng.standard_normal([int(d) for d in p.ty.shape]).astype("float32")
+                for p in mod["main"].params]
+        args[-1][:] = 0
+        np.testing.assert_array_equal(_run(neon.schedule.mod, host, args),
+                                      _run(mod, host, args), err_msg=task.name)
+        scheduled += "concatenate" in task.name
+    assert scheduled >= 2, "ShuffleNet 0.25x's stride-2 units' concatenations"
