@@ -15,9 +15,10 @@ inference.
 
 A kernel that does not inline into one loop nest (pooling and other reductions, several
 outputs) or whose innermost loop is not a multiple of a register (the NCHW -> NHWC edge's 3
-channels) keeps TVM's loops. x86 keeps them too: there LLVM's own vectorization of TVM's
-loops ran such kernels 2-8x faster than MetaSchedule's annotations (session 16), and this
-schedule was not timed there.
+channels) keeps TVM's loops. x86 keeps them too: there LLVM vectorizes TVM's loops itself
+(2-8x faster than MetaSchedule's annotations, session 16), and this schedule, timed once in
+the network (ShuffleNet 1x, interleaved: 4.71 -> 4.64 ms for AVX-512 code, 5.64 -> 5.61 for AVX2,
+session 25), gained within the noise.
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ def copy_schedule(mod: tvm.IRModule, lanes: int):
     if len(blocks) != 1:
         return None
     loops = sch.get_loops(blocks[0])
+    if not loops:
+        return None
     extent = sch.get(loops[-1]).extent
-    if not loops or not isinstance(extent, tirx.IntImm) or int(extent) % lanes:
+    if not isinstance(extent, tirx.IntImm) or int(extent) % lanes:
         return None
     _, inner = sch.split(loops[-1], [None, lanes])
     sch.vectorize(inner)

@@ -10,8 +10,9 @@ An entry is a file per kernel and target, named by the kernel's structural hash 
 target, holding the default's trace (with its postprocessing, as a tuning record holds one) and
 register block, or that the kernel has none. Entries sit in a folder per version of the code
 that derives them (a hash of ``defaults.py``, ``copies.py``, ``space.py``, ``tiles.py`` and
-TVM's version): a changed derivation never reads an old entry. Written whole (a temporary file renamed), read or
-re-derived if unreadable; nothing else is ever stored here, so deleting the folder is safe.
+TVM's version): a changed derivation never reads an old entry. Written whole (a temporary file
+renamed), read or re-derived if unreadable; nothing else is ever stored here, so deleting the
+folder is safe.
 
 The folder is ``$TVMSHUFFLE_CACHE_DIR``, else the platform's user cache folder
 (``platformdirs``: ``~/.cache/tvmshuffle`` on Linux), ``defaults/`` inside it.

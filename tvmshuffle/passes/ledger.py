@@ -2,8 +2,8 @@
 ``channel_passes`` and `compile`'s summary say which rewrites happened, never one that did not.
 
 A pass calls ``note(event)`` where it rewrites; the counts go to the ``recording()`` around the
-pipeline that wants them (``pipeline.optimize``) and nowhere otherwise (tuning runs the same
-passes without one). The events:
+pipeline run that wants them (``export.build_artifact`` around ``pipeline.optimize``) and
+nowhere otherwise (tuning runs the same passes without one). The events:
 
 * ``shuffles_fused_into_convolutions``: a channel shuffle became the permuted input read of
   the convolution that consumes it (``channel_shuffle``), no kernel of its own;
@@ -11,7 +11,8 @@ passes without one). The events:
 * ``split_regions_rebuilt``: a tensor leaving a ShuffleNet v2 concat -> shuffle -> split
   region rebuilt from the branch outputs (``channel_split``), of which
   ``split_regions_in_conv_weights`` are read only by convolutions that absorbed the order in
-  their weights and ``split_regions_gathered`` are gathered with a ``take``;
+  their weights and ``split_regions_gathered`` are made a tensor of their own (a gather of
+  channel ranges, with a ``take`` where its order is not theirs);
 * ``constant_takes_as_slices``: a ``take`` of a constant index rewritten as the slice it means
   (``take_to_slice``).
 """
