@@ -33,8 +33,7 @@ def copy_schedule(mod: tvm.IRModule, lanes: int):
     sch = s_tir.Schedule(mod)
     root = sch.get_sblock("root")
     blocks = sch.get_child_blocks(root)
-    if any(sch.get(b).init is not None or
-           any(int(iv.iter_type) != 0 for iv in sch.get(b).iter_vars) for b in blocks):
+    if any(int(iv.iter_type) != 0 for b in blocks for iv in sch.get(b).iter_vars):
         return None  # a reduction: pooling, a mean
     try:
         for block in blocks[:-1]:

@@ -350,13 +350,16 @@ def default_schedule(mod: tvm.IRModule, target: tvm.target.Target) -> Default | 
     benchmarks/RESULTS.md) or whose space rejects the decisions: it then stays as TVM writes
     it. On NEON a kernel that only moves data gets ``copies.copy_schedule`` where it applies."""
     reads = spatial_reads(mod)
-    if not reads and "schedule_rule" not in (mod["main"].attrs or {}) \
-            and not space.memory_operands(target):
-        sch = copies.copy_schedule(mod, tiles.registers(target).lanes)
+    has_rule = "schedule_rule" in (mod["main"].attrs or {})
+    regs = tiles.registers(target)
+    # x86 FMAs take a memory operand: the weight vectors need no register of their own
+    memory_operands = space.memory_operands(target)
+    if not reads and not has_rule and not memory_operands:
+        sch = copies.copy_schedule(mod, regs.lanes)
         return Default(sch, ()) if sch is not None else None
     # a multiply-add of two tensors (data and weights); pooling reads one, and its custom
     # schedule rule is not registered for CPUs (TVM warns about it on every space it makes)
-    if not reads or len(reads) < 2 or "schedule_rule" in (mod["main"].attrs or {}):
+    if not reads or len(reads) < 2 or has_rule:
         return None
     context = _context(mod, target)
     try:
@@ -364,10 +367,7 @@ def default_schedule(mod: tvm.IRModule, target: tvm.target.Target) -> Default | 
     except Exception as err:  # noqa: BLE001 - TVM raises TVMError, ValueError...
         log.debug("no design space for a kernel: %s", first_line(err))
         return None
-    regs = tiles.registers(target)
     cores = int(target.attrs.get("num-cores", 1))
-    # x86 FMAs take a memory operand: the weight vectors need no register of their own
-    memory_operands = space.memory_operands(target)
     for design in spaces:
         trace = design.trace
         choice = _tile_choice(trace, reads, regs, cores, memory_operands)

@@ -20,6 +20,8 @@ vectors were measured by time, not by these counts.
 
 from __future__ import annotations
 
+import functools
+
 import tvm
 
 from . import tiles
@@ -47,7 +49,10 @@ def register_vectors(sch, lanes: int) -> None:
                 sch.vectorize(inner)
 
 
-def _register_vectors_postproc():
+@functools.cache
+def _register_vectors_class():
+    """The ``RegisterVectors`` postprocessor class, defined once (MetaSchedule is imported
+    only when a design space is made)."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
 
@@ -55,7 +60,7 @@ def _register_vectors_postproc():
     class RegisterVectors(ms.postproc.PyPostproc):
         """``register_vectors`` as a MetaSchedule postprocessor, with the target's lanes."""
 
-        def __init__(self, lanes: int = 0):
+        def __init__(self, lanes: int):
             super().__init__()
             self.lanes = lanes
 
@@ -69,7 +74,7 @@ def _register_vectors_postproc():
         def clone(self):
             return RegisterVectors(self.lanes)
 
-    return RegisterVectors()
+    return RegisterVectors
 
 
 def postprocs(target: tvm.target.Target) -> list:
@@ -81,8 +86,9 @@ def postprocs(target: tvm.target.Target) -> list:
     if memory_operands(target):
         return steps
     at = next(i for i, p in enumerate(steps)
-              if "RewriteParallelVectorizeUnroll" in type(p).__name__) + 1
-    return [*steps[:at], _register_vectors_postproc(), *steps[at:]]
+              if isinstance(p, ms.postproc.RewriteParallelVectorizeUnroll)) + 1
+    register = _register_vectors_class()(tiles.registers(target).lanes)
+    return [*steps[:at], register, *steps[at:]]
 
 
 def space_generator(target: tvm.target.Target):
