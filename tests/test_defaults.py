@@ -97,13 +97,37 @@ def test_a_neon_window_gets_the_block_with_the_smallest_padded_copy():
     """On NEON a kernel with a window of taps (its padding copied per block with its halo)
     takes, of the blocks with as many accumulators, the squarest: ShuffleNet 1x's depthwise
     convolution at 28x28 gets 4 x 7 pixels (a 6 x 9 copy), not 1 x 28 (3 x 30); without a
-    window, and on x86, the block is as before."""
+    window the block is as before. A copy of 1 KB or more (which TVM allocates on the heap,
+    once a block) is taken only if no block's copy is smaller: at 14x14 the 2 x 14 block's
+    4 x 16 x 4 floats give way to 2 x 7."""
     depthwise = [1, 28, 28, 60]
     reads = [frozenset({0, 1, 2, 3}), frozenset({3})]  # input: pixels and channels; weights
-    assert defaults.register_block(depthwise, reads, NEON, False, window=True) == (1, 4, 7, 4)
+    three = ({1: (1, 3), 2: (1, 3)}, 0)  # 3x3, stride 1, the block's own channels
+    assert defaults.register_block(depthwise, reads, NEON, False, window=three) == (1, 4, 7, 4)
     assert defaults.register_block(depthwise, reads, NEON, False) == (1, 1, 28, 4)
-    assert defaults.register_block(STAGE3, STAGE3_READS, NEON, False, window=True) == \
-        defaults.register_block(STAGE3, STAGE3_READS, NEON, False)
+    assert defaults.register_block([1, 14, 14, 120], reads, NEON, False) == (1, 2, 14, 4)
+    assert defaults.register_block([1, 14, 14, 120], reads, NEON, False,
+                                   window=three) == (1, 2, 7, 4)
+
+
+def test_window_geometry_read_from_the_kernel():
+    """The window a kernel's anchor reads: stride and span along the pixel loops, and the
+    channels its copy holds a pixel (the block's own for a depthwise convolution, the 3 input
+    channels for an RGB stem)."""
+    from tvm import te, topi
+
+    def window(data_shape, weight_shape, stride, groups):
+        data = te.placeholder(data_shape, name="data")
+        weight = te.placeholder(weight_shape, name="weight")
+        out = topi.nn.group_conv2d_nhwc(data, weight, stride, 1, 1, groups) if groups > 1 \
+            else topi.nn.conv2d_nhwc(data, weight, stride, 1, 1)
+        return defaults.window_of(tvm.IRModule({"main": te.create_prim_func([data, weight,
+                                                                             out])}))
+
+    assert window((1, 28, 28, 60), (3, 3, 1, 60), 1, 60) == ({1: (1, 3), 2: (1, 3)}, 0)
+    assert window((1, 56, 56, 60), (3, 3, 1, 60), 2, 60) == ({1: (2, 3), 2: (2, 3)}, 0)
+    assert window((1, 224, 224, 3), (3, 3, 3, 24), 2, 1) == ({1: (2, 3), 2: (2, 3)}, 3)
+    assert window((1, 28, 28, 60), (1, 1, 60, 60), 1, 1) is None  # 1x1: no window
 
 
 def test_reduction_tiles_keep_the_window_whole_and_stop_at_64():
@@ -359,3 +383,36 @@ def test_neon_kernels_that_only_move_data_are_one_vectorized_loop_nest(small_tas
                                       _run(mod, host, args), err_msg=task.name)
         scheduled += "concatenate" in task.name
     assert scheduled >= 2, "ShuffleNet 0.25x's stride-2 units' concatenations"
+
+
+def test_neon_stem_padding_copied_a_row_at_a_time():
+    """On NEON an RGB stem's padding copy (3 channels a pixel, at the kernel's root) has its
+    pixel and channel loops fused and each row's interior split from the padding columns;
+    the schedule computes what the unscheduled kernel computes. x86's default keeps TVM's
+    copy."""
+    from tvm import te, topi
+
+    from tvmshuffle import copies
+
+    data = te.placeholder((1, 32, 32, 3), name="data")
+    weight = te.placeholder((3, 3, 3, 8), name="weight")
+    mod = tvm.IRModule({"main": te.create_prim_func(
+        [data, weight, topi.nn.conv2d_nhwc(data, weight, 2, 1, 1)])})
+    host = target.resolve("host").tvm_target
+
+    def pad_blocks(sch):
+        return [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))
+                if sch.get(b).name_hint.startswith("pad_temp")]
+
+    neon = defaults.default_schedule(mod, target.resolve("arm").tvm_target)
+    assert neon is not None and pad_blocks(neon.schedule) != ["pad_temp"]
+    x86 = defaults.default_schedule(mod, host)
+    assert x86 is not None and pad_blocks(x86.schedule) == ["pad_temp"]
+    assert copies.row_copies(x86.schedule, 4)  # the same step on a schedule that runs here
+    assert pad_blocks(x86.schedule) != ["pad_temp"]
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal([int(d) for d in p.ty.shape]).astype("float32")
+            for p in mod["main"].params]
+    args[-1][:] = 0
+    np.testing.assert_allclose(_run(x86.schedule.mod, host, args), _run(mod, host, args),
+                               rtol=1e-5, atol=1e-5)

@@ -52,3 +52,45 @@ def copy_schedule(mod: tvm.IRModule, lanes: int):
     _, inner = sch.split(loops[-1], [None, lanes])
     sch.vectorize(inner)
     return sch
+
+
+def row_copies(sch, lanes: int) -> bool:
+    """In a kernel's schedule ``sch`` (a convolution's default), a padding copy left at the
+    root, of fewer channels a pixel than fill a register (an RGB stem's 3): its pixel and
+    channel loops fused, and the interior of each row, where the copy reads the input, split
+    from the padding columns. TVM vectorizes 3 channels as one odd vector behind a test of
+    the column, a pixel at a time (15 instructions a pixel on NEON); the interior is then one
+    contiguous run of the row, which LLVM copies 8 floats at a time. Whether it applied."""
+    from tvm import tirx
+
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        node = sch.get(block)
+        loops = sch.get_loops(block)
+        # a loop nest of its own (not inside the register block's loops), one input
+        if (len(node.iter_vars) != 4 or len(loops) != 3 or len(node.reads) != 1
+                or len(sch.get_child_blocks(loops[0])) != 1):
+            continue
+        channels = sch.get(loops[2]).extent
+        columns = sch.get(loops[1]).extent
+        source = node.reads[0].source
+        if (not isinstance(channels, tirx.IntImm) or int(channels) % lanes == 0
+                or int(channels) != int(node.iter_vars[3].dom.extent)
+                or int(columns) != int(node.iter_vars[2].dom.extent)
+                or len(source.shape) != 4 or int(source.shape[3]) != int(channels)):
+            continue
+        # the column the copy reads for column x of the padded buffer: x - left
+        column = node.reads[0].region[2].min
+        if any(not v.same_as(node.iter_vars[2].var)
+               for v in tirx.analysis.undefined_vars(column)):
+            continue
+        offset = tirx.IndexMap([node.iter_vars[2].var], [column], None).map_indices(
+            [tirx.IntImm(str(node.iter_vars[2].var.ty), 0)])[0]
+        if not isinstance(offset, tirx.IntImm):
+            continue
+        left, width = -int(offset), int(source.shape[2])
+        if not 0 < left < int(columns) - width + 1:
+            continue
+        fused = sch.fuse(loops[1], loops[2])
+        sch.loop_partition(fused, [left * int(channels), width * int(channels), None])
+        return True
+    return False

@@ -64,6 +64,7 @@ from dataclasses import dataclass
 import tvm
 
 from . import copies, space, tiles
+from .passes import shuffle_writes
 from .errors import first_line
 
 log = logging.getLogger(__name__)
@@ -90,9 +91,11 @@ def _divisors(n: int) -> list[int]:
 
 
 def spatial_reads(mod: tvm.IRModule) -> list[frozenset[int]] | None:
-    """For each buffer the anchor block (the convolution, the matmul) reads, the spatial loops
-    (by position among the block's spatial iterators, the order MetaSchedule tiles them in)
-    that index it; None for a kernel without one."""
+    """For each buffer the anchor block (the convolution, the matmul) reads in its
+    multiply-adds, the spatial loops (by position among the block's spatial iterators, the
+    order MetaSchedule tiles them in) that index it; None for a kernel without one. A buffer
+    no reduction loop indexes is read once per output, by the init (``passes.bias_init``):
+    not a read of the reduction."""
     from tvm import s_tir, tirx
 
     block = s_tir.analysis.find_anchor_sblock(mod)
@@ -100,26 +103,75 @@ def spatial_reads(mod: tvm.IRModule) -> list[frozenset[int]] | None:
         return None
     spatial = {iv.var.name: i for i, iv in enumerate(
         [iv for iv in block.iter_vars if int(iv.iter_type) == 0])}
+    reduction = {iv.var.name for iv in block.iter_vars if int(iv.iter_type) != 0}
     reads = []
     for read in block.reads:
-        used = set()
-        for dim in read.region:
-            used |= {spatial[v.name] for v in tirx.analysis.undefined_vars(dim.min)
-                     if v.name in spatial}
-        reads.append(frozenset(used))
+        names = {v.name for dim in read.region for v in tirx.analysis.undefined_vars(dim.min)}
+        if reduction and not names & reduction:
+            continue
+        reads.append(frozenset(spatial[n] for n in names if n in spatial))
     return reads
 
 
+def window_of(mod: tvm.IRModule) -> tuple[dict[int, tuple[int, int]], int] | None:
+    """For a kernel whose anchor block reads a window of taps (a convolution larger than 1x1):
+    ({spatial loop (by position, as ``spatial_reads``): (stride, span)}, depth). A block of p
+    outputs along loop i reads stride * (p - 1) + span inputs of the window's buffer, and
+    ``depth`` channels of it a pixel: 0 where its channels are the block's own (depthwise),
+    else those the reduction reads (a stem's 3). None for any other kernel."""
+    from tvm import s_tir, tirx
+
+    block = s_tir.analysis.find_anchor_sblock(mod)
+    if block is None:
+        return None
+    spatial = {iv.var.name: i for i, iv in enumerate(
+        [iv for iv in block.iter_vars if int(iv.iter_type) == 0])}
+    taps = {iv.var.name: int(iv.dom.extent) for iv in block.iter_vars
+            if int(iv.iter_type) != 0}
+    for read in block.reads:
+        slides, depth = {}, 1
+        for dim in read.region:
+            variables = list(tirx.analysis.undefined_vars(dim.min))
+            names = [v.name for v in variables]
+            moving = [n for n in names if n in spatial]
+            sliding = [n for n in names if n in taps and taps[n] > 1]
+            if len(moving) == 1 and len(sliding) == 1 and len(names) == 2:
+                mapping = tirx.IndexMap(variables, [dim.min], None)
+                steps = [mapping.map_indices([tirx.IntImm(str(v.ty), int(v.name == name))
+                                              for v in variables])[0]
+                         for name in (moving[0], sliding[0])]
+                if all(isinstance(step, tirx.IntImm) and int(step) >= 1 for step in steps):
+                    stride, dilation = (int(step) for step in steps)
+                    slides[spatial[moving[0]]] = (stride, dilation * (taps[sliding[0]] - 1) + 1)
+                    continue
+            if spatial and max(spatial.values()) in {spatial[n] for n in moving}:
+                depth = 0  # the block's channels
+            elif not moving:
+                depth *= math.prod(taps.get(n, 1) for n in names)
+        if len(slides) >= 2:
+            return slides, depth
+    return None
+
+
+# TVM allocates a buffer of this many bytes or more (a block's padded copy) from the heap, per
+# iteration of the parallel loop around it (LowerTVMBuiltin: kMaxStackAlloca)
+STACK_BYTES = 1024
+
+
 def register_block(extents: list[int], reads: list[frozenset[int]], regs: tiles.Registers,
-                   memory_operands: bool, window: bool = False) -> tuple[int, ...]:
+                   memory_operands: bool,
+                   window: tuple[dict[int, tuple[int, int]], int] | None = None
+                   ) -> tuple[int, ...]:
     """The S3 tile of each spatial loop (the last one vectorized) with the most multiply-adds
     per load: a block of B outputs costs, per reduction step, B / lanes vector FMAs and, per
     buffer read, one load for each distinct element it reads (a broadcast scalar when the
     vectorized loop does not index it, a vector when it does): pixels x channels reuse the
     input across the channel vectors and the weights across the pixels. Masked lanes count as
-    lost work. Ties: more accumulators, then (``window``: a kernel with a window of taps, whose
-    padding is copied per block with its halo, the block's pixels + 2 each way) the smaller
-    copy, then blocks along the inner loops.
+    lost work. Ties: more accumulators, then (``window``, ``window_of``: a kernel with a window
+    of taps, whose padding is copied per block with its halo) the smaller copy, then blocks
+    along the inner loops. A window's copy must stay under STACK_BYTES: TVM puts a larger one
+    on the heap, an allocation and a free per block (on ShuffleNet 1x's depthwise kernels 1.0
+    M instructions of TVM's runtime an inference, counted on the emulated arm64 device).
 
     The register file holds the accumulators, one broadcast and the weight vectors. On x86
     (``memory_operands``: an FMA may take a load as operand) LLVM still keeps a weight vector
@@ -138,6 +190,7 @@ def register_block(extents: list[int], reads: list[frozenset[int]], regs: tiles.
     a padded copy of 6 x 9 pixels per block instead of 3 x 30: 0.62 M instructions a call
     instead of 0.89 M (counted on the emulated arm64 device, session 25); x86's blocks, chosen
     by time, are left as they were."""
+    slides, depth = window or ({}, 0)
     *outer, channels = extents
     last = len(extents) - 1
     # whole vectors, or the whole loop: a block that ends inside a vector repeats a masked,
@@ -149,7 +202,7 @@ def register_block(extents: list[int], reads: list[frozenset[int]], regs: tiles.
     # blocks of 20-28 accumulators ran 1.4-2.8x slower than 8-16 on ShuffleNet's 1x1 group
     # convolutions, each kernel timed alone; whole 1, 2 or 4 vectors keep the file: MobileNet's
     # 14 x 32 ran faster in the network than 4 x 32. Emerald Rapids, session 21)
-    best, best_key = None, None
+    best, best_key, heap_best, heap_key = None, None, None, None
     for c3 in vector_choices:
         vectors = math.ceil(c3 / regs.lanes)
         lane_use = c3 / (vectors * regs.lanes)
@@ -172,10 +225,15 @@ def register_block(extents: list[int], reads: list[frozenset[int]], regs: tiles.
                         * (vectors * weight_cost if last in read else 1) for read in reads)
             intensity = accumulators / max(1, loads + spill) * lane_use
             # a window's producer (the padding) is copied per block with its halo
-            halo = -math.prod(p + 2 for p in pixels) if window else 0
-            key = (round(intensity, 6), accumulators, halo, tuple(reversed(pixels)))
-            if best_key is None or key > best_key:
+            copied = math.prod(slides[i][0] * (p - 1) + slides[i][1] if i in slides else p
+                               for i, p in enumerate(pixels)) * (depth or c3) if slides else 0
+            key = (round(intensity, 6), accumulators, -copied, tuple(reversed(pixels)))
+            if copied * 4 >= STACK_BYTES:  # fp32: kept only if no block's copy fits
+                if heap_key is None or key > heap_key:
+                    heap_best, heap_key = (*pixels, c3), key
+            elif best_key is None or key > best_key:
                 best, best_key = (*pixels, c3), key
+    best = best if best is not None else heap_best
     if best is None:  # a vector too wide for the file: one vector's worth
         return (*([1] * len(outer)), min(channels, regs.lanes))
     return best
@@ -253,7 +311,8 @@ def _split_of(trace, sample) -> object | None:
     return None
 
 
-def _tile_choice(trace, reads, regs: tiles.Registers, cores: int, memory_operands: bool):
+def _tile_choice(trace, reads, regs: tiles.Registers, cores: int, memory_operands: bool,
+                 window: tuple[dict[int, tuple[int, int]], int] | None = None):
     """(SamplePerfectTile instructions, their decisions, the S1 loop of the vectorized
     spatial loop, the register block) for an SSRSRS trace; None for any other."""
     insts = [i for i in trace.insts if i.kind.name == "SamplePerfectTile"]
@@ -262,8 +321,6 @@ def _tile_choice(trace, reads, regs: tiles.Registers, cores: int, memory_operand
     if spatial is None:
         return None
     extents = [math.prod(d) for d in decisions]
-    # taps in more than one reduction loop (3 x 3, with or without input channels): a window
-    window = not memory_operands and sum(e > 1 for e in extents[spatial:]) >= 2
     block = register_block(extents[:spatial], reads, regs, memory_operands, window)
     chosen = (spatial_tiles(extents[:spatial], block, cores)
               + reduction_tiles(extents[spatial:],
@@ -361,16 +418,20 @@ def default_schedule(mod: tvm.IRModule, target: tvm.target.Target) -> Default | 
     # schedule rule is not registered for CPUs (TVM warns about it on every space it makes)
     if not reads or len(reads) < 2 or has_rule:
         return None
-    context = _context(mod, target)
+    # a producer writing its output shuffled: the decisions of the kernel it was made from
+    base = shuffle_writes.unshuffled(mod["main"])
+    context = _context(mod if base is None else tvm.IRModule({"main": base}), target)
     try:
         spaces = context.generate_design_space()
     except Exception as err:  # noqa: BLE001 - TVM raises TVMError, ValueError...
         log.debug("no design space for a kernel: %s", first_line(err))
         return None
     cores = int(target.attrs.get("num-cores", 1))
+    # NEON: a window's padded copy is part of the block's cost (x86's blocks were timed)
+    window = None if memory_operands else window_of(mod)
     for design in spaces:
         trace = design.trace
-        choice = _tile_choice(trace, reads, regs, cores, memory_operands)
+        choice = _tile_choice(trace, reads, regs, cores, memory_operands, window)
         if choice is None:
             continue
         insts, decisions, s1_loop, block = choice
@@ -391,6 +452,8 @@ def default_schedule(mod: tvm.IRModule, target: tvm.target.Target) -> Default | 
                           first_line(err))
                 continue
             if sch is not None:
+                if not memory_operands:  # NEON: an RGB stem's padding copied a row at a time
+                    copies.row_copies(sch, regs.lanes)
                 return Default(sch, block)
     return None
 

@@ -90,8 +90,9 @@ def compile_module(mod: tvm.IRModule, config: CompileConfig) -> Compiled:
     TVM writes it."""
     target = config.target.tvm_target
     if config.db is None and not config.default_schedules:  # TVM's loops throughout
-        running = pipeline.running_tasks(pipeline.fuse(mod, target), target)
-        return Compiled(*build(lambda: pipeline.lower(mod, target), target),
+        fused = pipeline.fuse(mod, target)
+        running = pipeline.running_tasks(fused, target)
+        return Compiled(*build(lambda: pipeline.lower_fused(fused, target, None), target),
                         schedules={task.task_name: TVM_LOOPS for task in running},
                         kernel_macs=pipeline.kernel_macs(running, config.layout))
     method, picks, ranked, chosen, picked = None, 0, None, {}, set()
@@ -270,9 +271,9 @@ def build_artifact(model: frontends.ImportedModel, config: CompileConfig, out_di
     """Graph passes, build and export of an imported model into ``out_dir``: its manifest."""
     config.linker()  # no linker for the target: say so before any work
     prepare_out_dir(out_dir)
-    with ledger.recording() as channel_passes:
+    with ledger.recording() as channel_passes:  # the graph passes, and fuse's on NEON
         optimized = pipeline.optimize(model.mod, config.fuse_shuffle, config.layout)
-    compiled = compile_module(optimized, config)
+        compiled = compile_module(optimized, config)
     # counted before the shuffle pass turns the convolutions it fuses into call_tir kernels
     return write_artifact(out_dir, compiled, model, config, flops.count(model.mod), dump_ir,
                           dict(channel_passes) if config.fuse_shuffle else None)

@@ -27,13 +27,16 @@ default for the target (legalize, FoldConstant, FuseOps, FuseTIR, lower to the V
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 
 import tvm
 from tvm import relax
 
+from . import space
 from .passes import (fold_batchnorm, fold_channel_split, fuse_channel_shuffle, group_axis,
                      sink_channel_shuffle, take_channels_last, take_to_slice)
+from .passes.shuffle_writes import shuffle_writes
 
 # data, weight layout of convs; NHWGC is NHWC with the 1x1 group convolutions computed with the
 # group as an axis of its own (passes/group_axis.py)
@@ -82,6 +85,8 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, prepack: bool = False) ->
     that a schedule may ask for them in a layout of its own: repacked once at build time."""
     with target:
         mod = relax.pipeline.zero_pipeline()(mod)
+        if not space.memory_operands(target):  # NEON: shuffles written by their producers
+            mod = shuffle_writes(mod)
         if prepack:
             mod = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
     return mod
@@ -99,26 +104,25 @@ def running_tasks(fused: tvm.IRModule, target: tvm.target.Target) -> list:
 
 def lower(mod: tvm.IRModule, target: tvm.target.Target, database=None,
           prepack: bool = False) -> tvm.IRModule:
-    """TVM's default build pipeline for ``target``: fused TIR kernels and VM code. With a
-    MetaSchedule ``database``, kernels found in it get their tuned schedules (the "zero"
-    pipeline: legalize, fuse, apply database), the others stay as TVM writes them. With
+    """TVM's build pipeline for ``target`` (legalize, fuse: ``fuse``; lower to the VM): fused
+    TIR kernels and VM code. With a MetaSchedule ``database``, kernels found in it get their
+    tuned schedules, the others stay as TVM writes them (all of them without one). With
     ``prepack`` (records tuned with it), the weight layouts the schedules ask for are split out
     of the kernels and computed at build time (``SplitLayoutRewritePreproc``, ``FoldConstant``):
     the library holds the weights already repacked."""
-    if database is None:
-        with target:
-            return relax.get_default_pipeline(target)(mod)
-    return lower_fused(fuse(mod, target, prepack), target, database, prepack)
+    return lower_fused(fuse(mod, target, prepack and database is not None), target, database,
+                       prepack and database is not None)
 
 
 def lower_fused(mod: tvm.IRModule, target: tvm.target.Target, database,
                 prepack: bool = False) -> tvm.IRModule:
-    """``lower`` with a database, of a module ``fuse`` made already (so that one fused module
-    serves several databases, and the tasks read from it)."""
+    """``lower`` of a module ``fuse`` made already (so that one fused module serves several
+    databases, and the tasks read from it)."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
-    with target, database:  # the passes look both up when constructed
-        passes = [relax.transform.MetaScheduleApplyDatabase()]
+    with target, (database if database is not None else contextlib.nullcontext()):
+        # the passes look both up when constructed
+        passes = [relax.transform.MetaScheduleApplyDatabase()] if database is not None else []
         if prepack:
             passes += [relax.transform.SplitLayoutRewritePreproc(),
                        relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()]

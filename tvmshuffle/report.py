@@ -198,6 +198,9 @@ def channel_passes_done(counts: dict | None) -> str:
     if counts.get("shuffles_fused_into_convolutions"):
         said.append(f"{counts['shuffles_fused_into_convolutions']} shuffles fused into the "
                     "convolutions that read them")
+    if counts.get("shuffles_written_by_producers"):
+        said.append(f"{counts['shuffles_written_by_producers']} of them then written shuffled "
+                    "by the convolutions before them")
     if counts.get("identity_shuffles_removed"):
         said.append(f"{counts['identity_shuffles_removed']} one-group shuffles removed")
     if counts.get("split_regions_rebuilt"):

@@ -9,10 +9,10 @@ trace takes about 10 ms a kernel and needs neither.
 An entry is a file per kernel and target, named by the kernel's structural hash and the
 target, holding the default's trace (with its postprocessing, as a tuning record holds one) and
 register block, or that the kernel has none. Entries sit in a folder per version of the code
-that derives them (a hash of ``defaults.py``, ``copies.py``, ``space.py``, ``tiles.py`` and
-TVM's version): a changed derivation never reads an old entry. Written whole (a temporary file
-renamed), read or re-derived if unreadable; nothing else is ever stored here, so deleting the
-folder is safe.
+that derives them (a hash of ``defaults.py``, ``copies.py``, ``space.py``, ``tiles.py``,
+``passes/shuffle_writes.py`` and TVM's version): a changed derivation never reads an old
+entry. Written whole (a temporary file renamed), read or re-derived if unreadable; nothing
+else is ever stored here, so deleting the folder is safe.
 
 The folder is ``$TVMSHUFFLE_CACHE_DIR``, else the platform's user cache folder
 (``platformdirs``: ``~/.cache/tvmshuffle`` on Linux), ``defaults/`` inside it.
@@ -33,6 +33,7 @@ import tvm_ffi
 
 from . import copies, defaults, space, tiles
 from .cachedir import CACHE_ENV, cache_root  # noqa: F401 - CACHE_ENV: conftest sets it
+from .passes import shuffle_writes
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ _memory: dict[str, defaults.Default | None] = {}
 @functools.cache
 def _code_version() -> str:
     digest = hashlib.sha256(f"{_FORMAT}|{tvm.__version__}".encode())
-    for module in (copies, defaults, space, tiles):
+    for module in (copies, defaults, space, tiles, shuffle_writes):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
 

@@ -2,11 +2,13 @@
 ``channel_passes`` and `compile`'s summary say which rewrites happened, never one that did not.
 
 A pass calls ``note(event)`` where it rewrites; the counts go to the ``recording()`` around the
-pipeline run that wants them (``export.build_artifact`` around ``pipeline.optimize``) and
-nowhere otherwise (tuning runs the same passes without one). The events:
+pipeline run that wants them (``export.build_artifact`` around the graph passes and the build)
+and nowhere otherwise (tuning runs the same passes without one). The events:
 
 * ``shuffles_fused_into_convolutions``: a channel shuffle became the permuted input read of
   the convolution that consumes it (``channel_shuffle``), no kernel of its own;
+* ``shuffles_written_by_producers``: (NEON) such a fused shuffle moved to the convolution
+  before it, which writes its output shuffled (``shuffle_writes``, in ``pipeline.fuse``);
 * ``identity_shuffles_removed``: a shuffle of one group, which permutes nothing, removed;
 * ``split_regions_rebuilt``: a tensor leaving a ShuffleNet v2 concat -> shuffle -> split
   region rebuilt from the branch outputs (``channel_split``), of which
@@ -23,7 +25,8 @@ import collections
 import contextlib
 import contextvars
 
-EVENTS = ("shuffles_fused_into_convolutions", "identity_shuffles_removed",
+EVENTS = ("shuffles_fused_into_convolutions", "shuffles_written_by_producers",
+          "identity_shuffles_removed",
           "split_regions_rebuilt", "split_regions_in_conv_weights", "split_regions_gathered",
           "constant_takes_as_slices")
 
