@@ -31,7 +31,10 @@ instead, with the decisions the search would sample chosen from the target:
   into registers, whose lanes the FMAs broadcast, and every vectorized loop is one register
   wide, a block of 20 channels five registers (``space``: the design space tuning shares);
   of the blocks with as many accumulators, a kernel with a window of taps takes the one with
-  the smallest padded copy (``register_block``);
+  the smallest padded copy, under 1 KB where one is (``register_block``, ``window_of``); an
+  RGB stem's padding at the root is copied a row at a time (``copies.row_copies``); a
+  producer that writes a channel shuffle (``passes.shuffle_writes``) gets the default of the
+  kernel it was made from;
 * the weights are read in the order the block reads them: with no database (and in a database
   made so, records.DEFAULT_METHOD) each kernel's weights are marked layout-free and
   MetaSchedule's RewriteLayout postprocessor, part of the design space's postprocessors,

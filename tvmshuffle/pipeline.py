@@ -36,6 +36,7 @@ from tvm import relax
 from . import space
 from .passes import (fold_batchnorm, fold_channel_split, fuse_channel_shuffle, group_axis,
                      sink_channel_shuffle, take_channels_last, take_to_slice)
+from .passes.bias_init import bias_init, keep_init_layouts
 from .passes.shuffle_writes import shuffle_writes
 
 # data, weight layout of convs; NHWGC is NHWC with the 1x1 group convolutions computed with the
@@ -82,13 +83,22 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, prepack: bool = False) ->
     """The zero pipeline without a database (legalize, fold, fuse): the fused TIR kernels that
     tuning extracts as tasks and that a database's records apply to. With ``prepack`` each
     kernel is told which of its buffers are weights (TVM's ``AttachAttrLayoutFreeBuffers``), so
-    that a schedule may ask for them in a layout of its own: repacked once at build time."""
+    that a schedule may ask for them in a layout of its own: repacked once at build time.
+
+    On NEON (no FMA memory operand) two rewrites of ours come with it: the group
+    convolutions' biases become their accumulators' first values (``passes.bias_init``), and
+    each channel shuffle is written by the convolution before it (``passes.shuffle_writes``).
+    x86 keeps the kernels its shipped database was tuned on."""
+    neon = not space.memory_operands(target)
     with target:
+        if neon:
+            mod = bias_init(mod)
         mod = relax.pipeline.zero_pipeline()(mod)
-        if not space.memory_operands(target):  # NEON: shuffles written by their producers
+        if neon:
             mod = shuffle_writes(mod)
         if prepack:
             mod = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
+            mod = keep_init_layouts(mod)
     return mod
 
 
