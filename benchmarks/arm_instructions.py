@@ -41,7 +41,8 @@ from rich.table import Table
 
 from tvmshuffle import bench, export, frontends, insncount, models, target
 
-DEFAULT_MODELS = ("shufflenet_v1_g3_0.5x", "shufflenet_v1_g3_1.0x", "mobilenet_v1_1.0")
+DEFAULT_MODELS = ("shufflenet_v1_g3_0.5x", "shufflenet_v1_g3_1.0x", "mobilenet_v1_1.0",
+                  "shufflenet_v2_1.0x")
 BUILDS = ("default", "unscheduled")
 REPO = Path(__file__).resolve().parents[1]
 NCNN_SCRIPT = Path(__file__).with_name("_ncnn_count.py")

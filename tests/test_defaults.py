@@ -139,6 +139,24 @@ def test_reduction_tiles_keep_the_window_whole_and_stop_at_64():
     assert defaults.reduction_tiles([960]) == [[15, 64]]
 
 
+def test_neon_reads_its_input_a_vector_at_a_time_with_registers_for_it():
+    """On NEON the channel loop's inner factor is a multiple of a vector where one divides it
+    (ShuffleNet v2's 116 channels: 4, not 58), so the input can be read four reduction steps
+    at a time; the block then keeps a register for each pixel's input vector: 4 channels x
+    14 pixels, not x 28 (28 accumulators and 28 inputs in 32 registers)."""
+    assert defaults.reduction_tiles([116]) == [[2, 58]]
+    assert defaults.reduction_tiles([116], lanes=4) == [[29, 4]]
+    assert defaults.reduction_tiles([1, 1, 80], lanes=4) == [[1, 1], [1, 1], [2, 40]]
+    assert defaults.reduction_tiles([3, 3, 3], lanes=4) == [[1, 3], [1, 3], [1, 3]]
+    reads = [frozenset({0, 1, 2}), frozenset({3})]  # input: pixels; weights: channels
+    assert defaults.register_block([1, 14, 14, 116], reads, NEON, False) == (1, 2, 14, 4)
+    block = defaults.register_block([1, 14, 14, 116], reads, NEON, False, vector_inputs=True)
+    assert math.prod(block[:-1]) * 2 + 1 <= NEON.count, block
+    # ShuffleNet v1's group convolutions keep their 2 x 2 pixels x 20 channels
+    assert defaults.register_block(STAGE3, STAGE3_READS, NEON, False, vector_inputs=True) == \
+        defaults.register_block(STAGE3, STAGE3_READS, NEON, False)
+
+
 def test_the_inner_reduction_and_the_block_unroll_whole():
     """R1 x the block's pixels stays within the unroll limit (512) for a block of an odd vector
     count: TVM leaves a larger nest a loop, and LLVM keeps such a block's accumulators in memory

@@ -163,8 +163,8 @@ STACK_BYTES = 1024
 
 def register_block(extents: list[int], reads: list[frozenset[int]], regs: tiles.Registers,
                    memory_operands: bool,
-                   window: tuple[dict[int, tuple[int, int]], int] | None = None
-                   ) -> tuple[int, ...]:
+                   window: tuple[dict[int, tuple[int, int]], int] | None = None,
+                   vector_inputs: bool = False) -> tuple[int, ...]:
     """The S3 tile of each spatial loop (the last one vectorized) with the most multiply-adds
     per load: a block of B outputs costs, per reduction step, B / lanes vector FMAs and, per
     buffer read, one load for each distinct element it reads (a broadcast scalar when the
@@ -188,7 +188,11 @@ def register_block(extents: list[int], reads: list[frozenset[int]], regs: tiles.
     GFLOP/s; ShuffleNet 1x's stage-2/3 group convolutions 1.2-2x faster (stage 3's 7-call
     expansion 40 -> 80 GFLOP/s); at 7x7 the 7 x 16 block stays (7 x 8, without spills, ran 30%
     slower), as do blocks that fit (the stems' 4 x 24). On NEON (32 registers, no FMA memory
-    operand) the count is the plain one, unmeasured on a device; there ``window`` is given:
+    operand) the count is the plain one, with a register for each broadcast input vector
+    where the input is read a vector of reduction steps at a time (``vector_inputs``:
+    ShuffleNet v2's 116 channels got 28 pixels x 4 channels, 28 accumulators and 28 input
+    vectors, reloaded once an FMA: 24.2 M instructions for 10.5 M FMAs), unmeasured on a
+    device; there ``window`` is given:
     ShuffleNet 1x's stride-1 depthwise convolutions at 28x28 get 4 x 7 pixels instead of 1 x 28,
     a padded copy of 6 x 9 pixels per block instead of 3 x 30: 0.62 M instructions a call
     instead of 0.89 M (counted on the emulated arm64 device, session 25); x86's blocks, chosen
@@ -222,7 +226,11 @@ def register_block(extents: list[int], reads: list[frozenset[int]], regs: tiles.
                     continue
                 if live > budget - 1:  # LLVM's own register taken: broadcasts spilled
                     spill = count / 2
-            elif accumulators + vectors + 1 > budget:
+            elif accumulators + vectors + (max(1, sum(
+                    math.prod(pixels[i] for i in read if i != last)
+                    for read in reads if last not in read)) if vector_inputs else 1) > budget:
+                # NEON: a broadcast operand read a vector of reduction steps at a time
+                # (space.vector_input_loads) holds a register a pixel across those steps
                 continue
             loads = sum(math.prod(pixels[i] for i in read if i != last)
                         * (vectors * weight_cost if last in read else 1) for read in reads)
@@ -268,7 +276,7 @@ def spatial_tiles(extents: list[int], block: tuple[int, ...], cores: int) -> lis
     return decisions
 
 
-def reduction_tiles(extents: list[int], pixels: int = 1) -> list[list[int]]:
+def reduction_tiles(extents: list[int], pixels: int = 1, lanes: int = 0) -> list[list[int]]:
     """R0 R1 of each reduction loop: the window loops whole inside (3x3: 9 taps), the rest of
     MAX_INNER_REDUCTION to the channel loop (the last).
 
@@ -279,13 +287,23 @@ def reduction_tiles(extents: list[int], pixels: int = 1) -> list[list[int]]:
     reduction steps on AVX-512: 560 steps, 56 FMAs and 1,836 stack accesses in the kernel's
     code, 26x slower than 4 pixels; benchmarks/RESULTS.md, session 21). Whole 1, 2 or 4
     vectors stay in registers across the loop (MobileNet's 14 x 32 with R1 = 64 ran faster in
-    the network than unrolled). So R1 is capped at UNROLL // pixels."""
+    the network than unrolled). So R1 is capped at UNROLL // pixels.
+
+    ``lanes`` (NEON, where the input is read a vector of reduction steps at a time,
+    ``space.vector_input_loads``, which needs R1 a multiple of a vector): the channel loop's
+    inner factor is the largest such divisor when there is one. ShuffleNet v2 1.0x's 116
+    channels gave R1 = 58, no vector loads, a broadcast load per FMA (its heaviest kernel
+    24.2 M instructions for 10.5 M FMAs, counted on the emulated arm64 device); R1 = 4 reads
+    them four at a time."""
     decisions, room = [], min(MAX_INNER_REDUCTION, max(1, UNROLL // max(1, pixels)))
     for i, extent in enumerate(extents):
         if i < len(extents) - 1 and extent <= room:
             inner = extent
         else:
-            inner = max(d for d in _divisors(extent) if d <= max(1, room))
+            fits = [d for d in _divisors(extent) if d <= max(1, room)]
+            whole = [d for d in fits
+                     if lanes and i == len(extents) - 1 and d % lanes == 0]
+            inner = max(whole or fits)
         room = max(1, room // inner)
         decisions.append([extent // inner, inner])
     return decisions
@@ -324,10 +342,15 @@ def _tile_choice(trace, reads, regs: tiles.Registers, cores: int, memory_operand
     if spatial is None:
         return None
     extents = [math.prod(d) for d in decisions]
-    block = register_block(extents[:spatial], reads, regs, memory_operands, window)
+    # NEON reads the input a vector of reduction steps at a time where R1 can be a multiple
+    # of a vector (reduction_tiles)
+    vector_inputs = not memory_operands and extents[-1] % regs.lanes == 0
+    block = register_block(extents[:spatial], reads, regs, memory_operands, window,
+                           vector_inputs)
     chosen = (spatial_tiles(extents[:spatial], block, cores)
               + reduction_tiles(extents[spatial:],
-                                math.prod(block[:-1]) if odd_vector(block[-1], regs) else 1))
+                                math.prod(block[:-1]) if odd_vector(block[-1], regs) else 1,
+                                0 if memory_operands else regs.lanes))
     split = _split_of(trace, insts[spatial - 1])
     return insts, chosen, (split.outputs[1] if split is not None else None), block
 
