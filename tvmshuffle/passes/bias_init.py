@@ -38,8 +38,9 @@ def main(data: T.Buffer(({n}, {h}, {w}, {g}, {ci}), "{dtype}"),
             v_n, v_h, v_w, v_g, v_o, v_k = T.axis.remap("SSSSSR", [n, h, w, g, o, k])
             with T.init():
                 out[v_n, v_h, v_w, v_g, v_o] = bias[{bias_index}]
-            out[v_n, v_h, v_w, v_g, v_o] = (out[v_n, v_h, v_w, v_g, v_o]
-                                             + data[v_n, v_h, v_w, v_g, v_k] * weight[v_g, v_k, v_o])
+            out[v_n, v_h, v_w, v_g, v_o] = (
+                out[v_n, v_h, v_w, v_g, v_o]
+                + data[v_n, v_h, v_w, v_g, v_k] * weight[v_g, v_k, v_o])
 '''
 
 
