@@ -24,6 +24,9 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
+from .channel_shuffle import _relax_functions
+from .channel_shuffle import _static_shape as _shape
+
 KERNEL_BLOCK = "conv2d_nhwgc"  # the block group_axis's kernel computes in
 
 _TEMPLATE = '''
@@ -63,13 +66,6 @@ def biased_kernel(data: tuple[int, ...], weight: tuple[int, ...], bias: tuple[in
                             bias=", ".join(_i64(d) for d in bias),
                             bias_index=", ".join(index))
     return tvm.script.from_source(text, extra_vars={"T": T})
-
-
-def _shape(expr) -> tuple[int, ...] | None:
-    values = getattr(getattr(expr.ty, "shape", None), "values", None)
-    if values is None or not all(isinstance(v, tvm.tirx.IntImm) for v in values):
-        return None
-    return tuple(int(v) for v in values)
 
 
 def _is_group_axis_kernel(func) -> bool:
@@ -120,9 +116,7 @@ def _rewrite(mod: tvm.IRModule, name: str, builder: relax.BlockBuilder) -> relax
 def bias_init(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Every group_axis convolution followed by a per-channel constant add: one convolution
     whose accumulators start at the constant."""
-    names = [gv.name_hint for gv, f in mod.functions.items()
-             if isinstance(f, relax.Function) and not f.attrs.get("Primitive", False)]
-    for name in names:
+    for name in _relax_functions(mod):
         builder = relax.BlockBuilder(mod)
         rewritten = _rewrite(mod, name, builder)
         mod = builder.get()

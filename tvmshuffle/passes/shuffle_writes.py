@@ -39,6 +39,8 @@ import tvm
 from tvm import relax, tirx
 
 from . import ledger
+from .channel_shuffle import _relax_functions
+from .channel_shuffle import _static_shape as _shape
 
 PAD_BLOCK = "shuffle_pad"  # channel_shuffle's padding copy that gathers
 ATTR = "tvmshuffle.shuffled_output"  # on a producer writing shuffled: its groups
@@ -187,14 +189,6 @@ def plain_consumer(func: tirx.PrimFunc, buffer, groups: int) -> tirx.PrimFunc | 
     return result
 
 
-def _shape(expr) -> tuple[int, ...] | None:
-    ty = expr.ty
-    values = getattr(getattr(ty, "shape", None), "values", None)
-    if values is None or not all(isinstance(v, tirx.IntImm) for v in values):
-        return None
-    return tuple(int(v) for v in values)
-
-
 def _call_tir_func(mod: tvm.IRModule, call) -> tuple[tvm.ir.GlobalVar, tirx.PrimFunc] | None:
     if not (isinstance(call, relax.Call) and call.op.same_as(tvm.ir.Op.get("relax.call_tir"))):
         return None
@@ -292,9 +286,7 @@ def _rewrite(mod: tvm.IRModule, name: str) -> tvm.IRModule:
 def shuffle_writes(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Each G-group shuffle between a group convolution's (n, h, w, G, C/G) output and the
     padding copy of the convolution that gathers it: written by the producer instead."""
-    names = [gv.name_hint for gv, f in mod.functions.items()
-             if isinstance(f, relax.Function) and not f.attrs.get("Primitive", False)]
-    for name in names:
+    for name in _relax_functions(mod):
         mod = _rewrite(mod, name)
     mod = relax.transform.DeadCodeElimination()(mod)
     return mod
