@@ -116,6 +116,7 @@ def _rewrite(mod: tvm.IRModule, name: str, builder: relax.BlockBuilder) -> relax
 def bias_init(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Every group_axis convolution followed by a per-channel constant add: one convolution
     whose accumulators start at the constant."""
+    mod = mod.clone()  # the caller's module stays as it was
     for name in _relax_functions(mod):
         builder = relax.BlockBuilder(mod)
         rewritten = _rewrite(mod, name, builder)
@@ -144,6 +145,7 @@ def keep_init_layouts(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """A bias read by an accumulator's init keeps its layout: MetaSchedule's layout rewrite
     (``RewriteLayout``, prepacked weights) handles buffers read by the multiply-adds only,
     and fails on one read in an init. Its ``layout_free_buffers`` lose such parameters."""
+    mod = mod.clone()  # the caller's module stays as it was
     for gvar, func in list(mod.functions.items()):
         free = (func.attrs or {}).get("layout_free_buffers") \
             if isinstance(func, tvm.tirx.PrimFunc) else None

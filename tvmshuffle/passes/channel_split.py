@@ -368,6 +368,7 @@ def _rewrite(mod: tvm.IRModule, name: str) -> relax.Function:
 @tvm.transform.module_pass(opt_level=0, name="tvmshuffle.FoldChannelSplit")
 def fold_channel_split(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Every concat -> shuffle -> split region rebuilt from its sources (see the module)."""
+    mod = mod.clone()  # the caller's module stays as it was
     for name in _relax_functions(mod):
         mod[name] = _rewrite(mod, name)
     return mod
@@ -377,6 +378,7 @@ def fold_channel_split(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
 def take_channels_last(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """``to_nhwc(take(to_nchw(x), i, axis=1))`` -> ``take(x, i, axis=3)``: the channel gather
     ``fold_channel_split`` leaves, in the layout ConvertLayout chose around it."""
+    mod = mod.clone()  # the caller's module stays as it was
     data, index = wildcard(), is_const()
     inner = is_op("relax.permute_dims")(data)
     take = is_op("relax.take")(inner, index)

@@ -166,6 +166,7 @@ def _sink_reshapes(func: relax.Function) -> relax.Function:
 @tvm.transform.module_pass(opt_level=0, name="tvmshuffle.GroupAxis")
 def group_axis(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Every eligible 1x1 group convolution in the NHWGC form, its epilogue with it."""
+    mod = mod.clone()  # the caller's module stays as it was
     for name in _relax_functions(mod):
         builder = relax.BlockBuilder(mod)
         rewritten = _rewrite_convs(mod[name], builder)

@@ -286,6 +286,7 @@ def _rewrite(mod: tvm.IRModule, name: str) -> tvm.IRModule:
 def shuffle_writes(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Each G-group shuffle between a group convolution's (n, h, w, G, C/G) output and the
     padding copy of the convolution that gathers it: written by the producer instead."""
+    mod = mod.clone()  # the caller's module stays as it was
     for name in _relax_functions(mod):
         mod = _rewrite(mod, name)
     mod = relax.transform.DeadCodeElimination()(mod)
