@@ -334,8 +334,8 @@ def _split_of(trace, sample) -> object | None:
 
 def _tile_choice(trace, reads, regs: tiles.Registers, cores: int, memory_operands: bool,
                  window: tuple[dict[int, tuple[int, int]], int] | None = None):
-    """(SamplePerfectTile instructions, their decisions, the S1 loop of the vectorized
-    spatial loop, the register block) for an SSRSRS trace; None for any other."""
+    """(SamplePerfectTile instructions, their decisions, the S1 loop of each spatial loop, the
+    register block) for an SSRSRS trace; None for any other."""
     insts = [i for i in trace.insts if i.kind.name == "SamplePerfectTile"]
     decisions = [[int(v) for v in trace.decisions[i]] for i in insts]
     spatial = tiles.split_levels(decisions)
@@ -351,8 +351,8 @@ def _tile_choice(trace, reads, regs: tiles.Registers, cores: int, memory_operand
               + reduction_tiles(extents[spatial:],
                                 math.prod(block[:-1]) if odd_vector(block[-1], regs) else 1,
                                 0 if memory_operands else regs.lanes))
-    split = _split_of(trace, insts[spatial - 1])
-    return insts, chosen, (split.outputs[1] if split is not None else None), block
+    splits = [_split_of(trace, inst) for inst in insts[:spatial]]
+    return insts, chosen, [s.outputs[1] if s is not None else None for s in splits], block
 
 
 def _reverse_compute_at(trace) -> object | None:
@@ -396,19 +396,23 @@ def _rv_position(trace, rv) -> tuple[int, int] | None:
     return None
 
 
-def _compute_locations(mod: tvm.IRModule, trace, anchor_loop, guess: int = 0):
-    """``trace`` with each SampleComputeLocation at ``anchor_loop`` (the register block's outer
-    loop) when that is one of its choices, else at the root (a copy of its own, never inlined
-    into the multiply-add loop). A choice is an index into the producer's valid locations,
-    outermost first: each is tried, ``guess`` first, until the sampled loop is the anchor (a
-    trace applied to a schedule makes new random variables: they are matched by position)."""
+def _compute_locations(mod: tvm.IRModule, trace, anchors: list, guess: int = 0):
+    """``trace`` with each SampleComputeLocation at the first of ``anchors`` (the register
+    block's outer loop, then the loops around it, inner first) that is one of its choices,
+    else at the root (a copy of its own, never inlined into the multiply-add loop); a loop of
+    one iteration was never among the choices (MetaSchedule's) in kernels looked at. A choice is an index into the
+    producer's valid locations, outermost first: each is tried, ``guess`` first, until the
+    sampled loop is the first anchor, else all are and the innermost anchor found wins (a trace
+    applied to a schedule makes new random variables: they are matched by position)."""
     from tvm import s_tir
 
-    anchor = _rv_position(trace, anchor_loop) if anchor_loop is not None else None
+    positions = [_rv_position(trace, loop) for loop in anchors if loop is not None]
+    positions = [p for p in positions if p is not None]
     for inst in [i for i in trace.insts if i.kind.name == "SampleComputeLocation"]:
-        chosen, sample = -1, _rv_position(trace, inst.outputs[0])
+        found: dict[int, int] = {}  # anchor (by preference) -> the choice that samples it
+        sample = _rv_position(trace, inst.outputs[0])
         order = [guess, *(k for k in range(MAX_LOCATIONS) if k != guess)]
-        for k in (order if anchor is not None else []):
+        for k in (order if positions else []):
             probe = s_tir.Schedule(mod)
             try:
                 trace.with_decision(inst, k, remove_postproc=True).apply_to_schedule(
@@ -419,9 +423,12 @@ def _compute_locations(mod: tvm.IRModule, trace, anchor_loop, guess: int = 0):
                 break
             insts = probe.trace.insts
             sampled = probe.get_sref(insts[sample[0]].outputs[sample[1]])
-            if sampled.same_as(probe.get_sref(insts[anchor[0]].outputs[anchor[1]])):
-                chosen = k
+            for rank, (at, out) in enumerate(positions):
+                if sampled.same_as(probe.get_sref(insts[at].outputs[out])):
+                    found.setdefault(rank, k)
+            if 0 in found:
                 break
+        chosen = found[min(found)] if found else -1
         trace = trace.with_decision(inst, chosen, remove_postproc=True)
     return trace
 
@@ -460,15 +467,25 @@ def default_schedule(mod: tvm.IRModule, target: tvm.target.Target) -> Default | 
         choice = _tile_choice(trace, reads, regs, cores, memory_operands, window)
         if choice is None:
             continue
-        insts, decisions, s1_loop, block = choice
+        insts, decisions, s1_loops, block = choice
+        s1_loop = s1_loops[-1]
         rca = _reverse_compute_at(trace)
         # the cache write at the register block's outer loop: the accumulators in registers
         if rca is None or s1_loop is None or not rca.inputs[1].same_as(s1_loop):
             continue
         for inst, decision in zip(insts, decisions):
             trace = trace.with_decision(inst, decision, remove_postproc=True)
-        # the anchor is usually the last of the S0 and S1 loops that enclose the block
-        trace = _compute_locations(mod, _with_categoricals(trace), s1_loop, 2 * len(block) - 1)
+        # the anchor is usually the last of the S0 and S1 loops that enclose the block; a
+        # producer without a window that the channel loop does not index (channel ranges
+        # gathered for a 1x1 convolution, passes.channel_ranges) goes outside that loop, or
+        # the nearest one around it: its tile, the block's pixels by every input channel, is
+        # copied once for all of them
+        anchors, guess = [s1_loop], 2 * len(block) - 1
+        pixel_reads = [read for read in reads if len(block) - 1 not in read and read]
+        if pixel_reads and window_of(mod) is None:
+            anchors = s1_loops[max(max(read) for read in pixel_reads)::-1]
+            guess -= 1
+        trace = _compute_locations(mod, _with_categoricals(trace), anchors, guess)
         # NEON: the input loaded a vector at a time, where the kernel allows it
         for lanes in ([] if memory_operands else [regs.lanes]) + [0]:
             try:

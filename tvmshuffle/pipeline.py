@@ -34,8 +34,9 @@ import tvm
 from tvm import relax
 
 from . import space
-from .passes import (fold_batchnorm, fold_channel_split, fuse_channel_shuffle, group_axis,
-                     sink_channel_shuffle, take_channels_last, take_to_slice)
+from .passes import (fold_batchnorm, fold_channel_split, fuse_channel_ranges,
+                     fuse_channel_shuffle, group_axis, sink_channel_shuffle, sink_channel_take,
+                     take_channels_last, take_to_slice)
 from .passes.bias_init import bias_init, keep_init_layouts
 from .passes.shuffle_writes import shuffle_writes
 
@@ -64,7 +65,8 @@ def graph_passes(fuse_shuffle: bool = True, layout: str = DEFAULT_LAYOUT) -> tvm
         # FoldConstant first: ONNX computes a Gather's index (negative indices wrapped)
         passes = [relax.transform.FoldConstant(), take_to_slice, fold_channel_split,
                   sink_channel_shuffle, *cleanup,
-                  take_channels_last, fuse_channel_shuffle]
+                  take_channels_last, fuse_channel_shuffle, sink_channel_take,
+                  fuse_channel_ranges]
     else:
         passes = cleanup
     if layout == "NHWGC":

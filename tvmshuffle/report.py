@@ -207,6 +207,12 @@ def channel_passes_done(counts: dict | None) -> str:
         said.append(f"{counts['split_regions_rebuilt']} v2 split/concat/shuffle outputs rebuilt "
                     f"from the branches ({counts.get('split_regions_in_conv_weights', 0)} in "
                     f"convolution weights, {counts.get('split_regions_gathered', 0)} gathered)")
+    if counts.get("ranges_read_by_convolutions"):
+        said.append(f"{counts['ranges_read_by_convolutions']} concats of channel ranges read "
+                    "by the convolutions themselves")
+    if counts.get("gathers_folded_into_weights"):
+        said.append(f"{counts['gathers_folded_into_weights']} channel gathers folded into "
+                    "convolution weights")
     if counts.get("constant_takes_as_slices"):
         said.append(f"{counts['constant_takes_as_slices']} constant gathers made slices")
     return "; ".join(said)

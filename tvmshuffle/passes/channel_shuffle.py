@@ -228,17 +228,18 @@ def _sink(func: relax.Function) -> relax.Function:
     return func
 
 
-def _shuffled_conv2d(data: te.Tensor, weight: te.Tensor, permutation: ChannelPermutation,
-                     strides, padding, dilation, groups: int, out_dtype: str,
-                     layout: str) -> te.Tensor:
-    """Grouped convolution whose input channel c is read from src(c); ``layout`` NCHW (OIHW
-    weights) or NHWC (HWIO weights)."""
+def gathered_conv2d(shape: tuple[int, ...], dtype: str, read, weight: te.Tensor, strides,
+                    padding, dilation, groups: int, out_dtype: str, layout: str,
+                    stage: str) -> te.Tensor:
+    """Grouped convolution of an input of ``shape`` (``layout`` NCHW with OIHW weights, or NHWC
+    with HWIO) whose element (b, ch, y, x) is ``read(b, ch, y, x)``: the padding copy, a TE
+    stage named ``stage``, makes the read (a permutation, a gather of channel ranges)."""
     nhwc = layout == "NHWC"
     if nhwc:
-        n, h, w, c = (int(d) for d in data.shape)
+        n, h, w, c = shape
         kh, kw, in_per_group, o = (int(d) for d in weight.shape)
     else:
-        n, c, h, w = (int(d) for d in data.shape)
+        n, c, h, w = shape
         o, in_per_group, kh, kw = (int(d) for d in weight.shape)
     (sh, sw), (dh, dw) = strides, dilation
     pt, pl, pb, pr = padding
@@ -247,26 +248,24 @@ def _shuffled_conv2d(data: te.Tensor, weight: te.Tensor, permutation: ChannelPer
     out_per_group = o // groups
 
     def padded(b, ch, y, x):
-        source = permutation.source_index(ch)
-        value = data[b, y - pt, x - pl, source] if nhwc else data[b, source, y - pt, x - pl]
+        value = read(b, ch, y - pt, x - pl)
         if not any(padding):
             return value
         inside = tirx.all(y >= pt, y < h + pt, x >= pl, x < w + pl)
-        return tirx.if_then_else(inside, value, tirx.const(0, data.dtype))
+        return tirx.if_then_else(inside, value, tirx.const(0, dtype))
 
-    # the padded input, channels permuted: the shuffle rides on the padding copy
     ph, pw = h + pt + pb, w + pl + pr
     if nhwc:
-        pad = te.compute(_i64(n, ph, pw, c), lambda b, y, x, ch: padded(b, ch, y, x),
-                         name="shuffle_pad")
+        pad = te.compute(_i64(n, ph, pw, c), lambda b, y, x, ch: padded(b, ch, y, x), name=stage)
     else:
-        pad = te.compute(_i64(n, c, ph, pw), padded, name="shuffle_pad")
+        pad = te.compute(_i64(n, c, ph, pw), padded, name=stage)
     ric = te.reduce_axis(_i64(0, in_per_group), name="ric")
     rkh = te.reduce_axis(_i64(0, kh), name="rkh")
     rkw = te.reduce_axis(_i64(0, kw), name="rkw")
 
     def product(b, oc, y, x):
-        ch, iy, ix = oc // out_per_group * in_per_group + ric, y * sh + rkh * dh, x * sw + rkw * dw
+        ch = ric if groups == 1 else oc // out_per_group * in_per_group + ric
+        iy, ix = y * sh + rkh * dh, x * sw + rkw * dw
         if nhwc:
             value, coefficient = pad[b, iy, ix, ch], weight[rkh, rkw, ric, oc]
         else:
@@ -280,6 +279,21 @@ def _shuffled_conv2d(data: te.Tensor, weight: te.Tensor, permutation: ChannelPer
     return te.compute(_i64(n, o, oh, ow),
                       lambda b, oc, y, x: te.sum(product(b, oc, y, x), axis=[ric, rkh, rkw]),
                       name="shuffled_conv2d")
+
+
+def _shuffled_conv2d(data: te.Tensor, weight: te.Tensor, permutation: ChannelPermutation,
+                     strides, padding, dilation, groups: int, out_dtype: str,
+                     layout: str) -> te.Tensor:
+    """Grouped convolution whose input channel c is read from src(c); ``layout`` NCHW (OIHW
+    weights) or NHWC (HWIO weights). The shuffle rides on the padding copy."""
+    nhwc = layout == "NHWC"
+
+    def read(b, ch, y, x):
+        source = permutation.source_index(ch)
+        return data[b, y, x, source] if nhwc else data[b, source, y, x]
+
+    return gathered_conv2d(tuple(int(d) for d in data.shape), data.dtype, read, weight, strides,
+                           padding, dilation, groups, out_dtype, layout, "shuffle_pad")
 
 
 def _i64(*values: int) -> tuple[tirx.IntImm, ...]:
@@ -383,6 +397,7 @@ def _relax_functions(mod: tvm.IRModule) -> list[str]:
 @tvm.transform.module_pass(opt_level=0, name="tvmshuffle.SinkChannelShuffle")
 def sink_channel_shuffle(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Step 1: identity shuffles removed, permutations moved past per-channel operators."""
+    mod = mod.clone()  # the caller's module stays as it was
     for name in _relax_functions(mod):
         mod[name] = _sink(_drop_identity(mod[name]))
     return mod
@@ -391,6 +406,7 @@ def sink_channel_shuffle(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
 @tvm.transform.module_pass(opt_level=0, name="tvmshuffle.FuseChannelShuffle")
 def fuse_channel_shuffle(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Step 2: every permutation feeding a conv2d becomes that conv's permuted input read."""
+    mod = mod.clone()  # the caller's module stays as it was
     for name in _relax_functions(mod):
         builder = relax.BlockBuilder(mod)
         rewritten = _fuse(mod, name, builder)

@@ -36,10 +36,11 @@ the untouched half (the issue's ideal, no data-movement kernel at all): with the
 channels of v2 1.0x, the channels a unit's right branch reads are, after a few units, scattered
 over the buffer in runs that no affine index covers; writing into them needs a scatter on the
 store side of a convolution, which breaks the vectorised channels-last stores the default and
-tuned schedules rely on. The gather kernel of a stride-1 unit reads and writes half the unit's
+tuned schedules rely on. The gather of a stride-1 unit reads and writes half the unit's
 channels once, where the concat it replaces read and wrote all of them (ShuffleNet v2 with the
-default schedules: 4.5-8.8% faster, benchmarks/RESULTS.md); a convolution reading its input
-from several sources directly would remove it too, and is left for later.
+default schedules: 4.5-8.8% faster, benchmarks/RESULTS.md); ``channel_ranges`` then makes it
+the reading convolution's input stage and folds the ``take`` into weights, so that no kernel
+of its own is left.
 
 Preconditions: NCHW module as imported (static shapes, constants bound), before ConvertLayout;
 the ``take`` this leaves is made channels-last by ``take_channels_last`` after ConvertLayout

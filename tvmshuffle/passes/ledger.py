@@ -16,7 +16,11 @@ and nowhere otherwise (tuning runs the same passes without one). The events:
   their weights and ``split_regions_gathered`` are made a tensor of their own (a gather of
   channel ranges, with a ``take`` where its order is not theirs);
 * ``constant_takes_as_slices``: a ``take`` of a constant index rewritten as the slice it means
-  (``take_to_slice``).
+  (``take_to_slice``);
+* ``gathers_folded_into_weights``: such a gather (a constant channel permutation) moved past
+  per-channel operators into a convolution's weights (``channel_ranges``), no kernel left;
+* ``ranges_read_by_convolutions``: a concat of channel ranges read by a convolution became
+  that convolution's input stage (``channel_ranges``), no kernel and no tensor of its own.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ import contextvars
 EVENTS = ("shuffles_fused_into_convolutions", "shuffles_written_by_producers",
           "identity_shuffles_removed",
           "split_regions_rebuilt", "split_regions_in_conv_weights", "split_regions_gathered",
-          "constant_takes_as_slices")
+          "constant_takes_as_slices", "gathers_folded_into_weights",
+          "ranges_read_by_convolutions")
 
 _current: contextvars.ContextVar = contextvars.ContextVar("tvmshuffle_pass_ledger",
                                                           default=None)
