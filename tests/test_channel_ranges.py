@@ -165,3 +165,14 @@ def test_default_schedule_copies_the_ranges_per_block_of_pixels():
         # under the convolution's parallel and pixel loops, outside its reduction
         assert len(copy) >= 2 and sch.get_sref(copy[0]).same_as(sch.get_sref(conv[0]))
         assert len(copy) < len(conv), task.task_name
+
+
+def test_kernel_work_reads_the_weights_after_the_ranges():
+    """The multiply-adds of a convolution reading ranges (what tuning budgets and reports
+    use) come from its weights, not from the range tensors before them in its parameters."""
+    tgt = target.resolve("host").tvm_target
+    fused = pipeline.fuse(_both(_module(_ranges)), tgt)
+    work = sorted(pipeline.kernel_work(t.dispatched[0]["main"], "NHWGC")
+                  for t in pipeline.running_tasks(fused, tgt) if "ranged" in t.task_name)
+    # 1x1: 6 x 6 pixels x 12 outputs x 16 inputs; depthwise 3x3 stride 2: 3 x 3 x 16 x 9
+    assert work == [("conv", SIZE * SIZE * 12 * 16), ("depthwise", 3 * 3 * 16 * 9)], work

@@ -155,8 +155,15 @@ def kernel_work(func: tvm.tirx.PrimFunc, layout: str) -> tuple[str, int]:
     if any("conv2d_nhwgc" in n for n in names) and len(shapes) >= 3:
         # passes/group_axis.py: (n, h, w, g, c / g), (g, c / g, o / g), a 1x1 group conv
         return "grouped", math.prod(out) * shapes[1][1]
-    if any("conv" in n for n in names) and len(shapes) >= 3 and len(shapes[0]) == 4:
-        data, weight = shapes[0], shapes[1]
+    # the anchor block's two reads: the (padded) input and the weights; a convolution reading
+    # channel ranges of several tensors (passes/channel_ranges.py) has them as parameters
+    # before its weights
+    anchor = s_tir.analysis.find_anchor_sblock(tvm.IRModule({"main": func}))
+    reads = ([tuple(int(d) for d in r.source.shape) for r in anchor.reads[:2]]
+             if anchor is not None and len(anchor.reads) >= 2 else [])
+    if (any("conv" in n for n in names) and len(shapes) >= 3 and len(reads) == 2
+            and all(len(shape) == 4 for shape in reads)):
+        data, weight = reads
         if layout.upper() != "NCHW":  # (n, h, w, c), (kh, kw, c / groups, o)
             channels, in_per_group, window = data[3], weight[2], weight[0] * weight[1]
         else:  # (n, c, h, w), (o, c / groups, kh, kw)
