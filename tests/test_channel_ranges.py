@@ -176,3 +176,18 @@ def test_kernel_work_reads_the_weights_after_the_ranges():
                   for t in pipeline.running_tasks(fused, tgt) if "ranged" in t.task_name)
     # 1x1: 6 x 6 pixels x 12 outputs x 16 inputs; depthwise 3x3 stride 2: 3 x 3 x 16 x 9
     assert work == [("conv", SIZE * SIZE * 12 * 16), ("depthwise", 3 * 3 * 16 * 9)], work
+
+
+def test_neon_keeps_the_concat_kernels():
+    """On NEON (no FMA memory operand) the range copy cost more instructions than the
+    vectorized concat kernel it replaced: ``fuse`` reads ranges in convolutions on x86 only;
+    the permutation is folded into weights on both."""
+    mod = sink_channel_take(_module(_take_chain))
+    names = {}
+    for name in ("host", "arm"):
+        tgt = target.resolve(name).tvm_target
+        names[name] = [t.task_name for t in pipeline.running_tasks(pipeline.fuse(mod, tgt), tgt)]
+    assert any("ranged" in n for n in names["host"]), names
+    assert not any("ranged" in n for n in names["arm"]), names
+    assert any("concatenate" in n for n in names["arm"]), names
+    assert not any("take" in n for kernels in names.values() for n in kernels), names

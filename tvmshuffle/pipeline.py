@@ -8,8 +8,10 @@ per-channel operators (so that BatchNorm behind a shuffle still folds), BatchNor
 the preceding convolution's weights and bias (``passes/fold_batchnorm.py``), remaining
 inference-mode ops decomposed, constants folded, dead code removed, convolutions converted to
 the channels-last layout (NHWC data, HWIO weights; TVM's ``ConvertLayout``, weights transposed
-at compile time) and each channel shuffle fused into the convolution that consumes it
-(``passes/channel_shuffle.py``), and, in the default NHWGC layout, each 1x1 group convolution
+at compile time), each channel shuffle fused into the convolution that consumes it
+(``passes/channel_shuffle.py``), each remaining constant channel gather moved into the next
+dense convolution's weights (``passes/channel_ranges.py``), and, in the default NHWGC layout,
+each 1x1 group convolution
 given the group as an axis of its own (``passes/group_axis.py``; 3.5-12.5% faster ShuffleNets
 once tuned, benchmarks/RESULTS.md).
 
@@ -65,8 +67,7 @@ def graph_passes(fuse_shuffle: bool = True, layout: str = DEFAULT_LAYOUT) -> tvm
         # FoldConstant first: ONNX computes a Gather's index (negative indices wrapped)
         passes = [relax.transform.FoldConstant(), take_to_slice, fold_channel_split,
                   sink_channel_shuffle, *cleanup,
-                  take_channels_last, fuse_channel_shuffle, sink_channel_take,
-                  fuse_channel_ranges]
+                  take_channels_last, fuse_channel_shuffle, sink_channel_take]
     else:
         passes = cleanup
     if layout == "NHWGC":
@@ -90,11 +91,16 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, prepack: bool = False) ->
     On NEON (no FMA memory operand) two rewrites of ours come with it: the group
     convolutions' biases become their accumulators' first values (``passes.bias_init``), and
     each channel shuffle is written by the convolution before it (``passes.shuffle_writes``).
-    x86 keeps the kernels its shipped database was tuned on."""
+    x86 keeps the kernels its shipped database was tuned on. On x86 the convolutions that read
+    a concat of channel ranges read them themselves (``passes.channel_ranges``): on NEON their
+    range copy ran 1.3x the instructions of the vectorized concat kernels it replaced
+    (ShuffleNet v2 1.0x: 60.8 -> 78.1 M, benchmarks/RESULTS.md), so NEON keeps those."""
     neon = not space.memory_operands(target)
     with target:
         if neon:
             mod = bias_init(mod)
+        else:
+            mod = fuse_channel_ranges(mod)
         mod = relax.pipeline.zero_pipeline()(mod)
         if neon:
             mod = shuffle_writes(mod)

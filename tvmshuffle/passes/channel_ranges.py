@@ -27,7 +27,15 @@ Why this design and not producers writing into one shared buffer (the issue's id
 writes would land in runs that no vector covers (``channel_split``'s docstring). Reading the
 ranges in the consumer keeps every producer's channels-last vector stores and gives each
 consumer one copy of its own input per register block, the same work as the padding copy it
-already had (1x1 readers: a block of a few pixels by all input channels).
+already had (1x1 readers: a block of a few pixels by all input channels). Measured with the
+default schedules on one Xeon core (benchmarks/RESULTS.md, session 27): ShuffleNet v2 1.0x
+6.16 -> 6.04 ms against the gather kernels (their 0.32 ms of kernel time gone, the 1x1
+readers 2-5 us slower a call in stage 3, where they read up to 6 ranges), 1.03-1.05x the same
+network with its shuffles deleted. Tried and not kept: the range test inlined into the
+multiply-adds, the reduction loop split at the ranges' bounds where it ran whole (the network
+2.6x slower: a reader whose reduction is tiled in two kept the test in every multiply-add, 24x
+slower; the split ones 15-40% slower), and the copy's channel loop split at the bounds (no
+change in the network, two runs).
 
 Preconditions: static shapes, constants bound, NHWC convolutions with HWIO weights (what
 ``graph_passes`` makes); runs after ``take_channels_last``. Anything else is left alone: a
