@@ -15,7 +15,7 @@ channels-last module after ``ConvertLayout``, remove them:
    the next convolution with groups = 1, which absorbs it in its weights' input channels
    (``conv(take(x, I), W) = conv(x, W[:, :, I^-1, :])``). Exact; no gather is left.
 2. ``fuse``: ``conv2d(concat([x1[..., a1:b1], x2, ...], axis=3), W)`` becomes one kernel
-   (``channel_shuffle.gathered_conv2d``) whose input stage reads each channel from its range:
+   (``gathered_conv.gathered_conv2d``) whose input stage reads each channel from its range:
    the concat is neither a kernel nor a tensor. The stage is the padding copy a convolution
    with a window makes anyway; a 1x1 convolution gets one too (not inlined into the
    multiply-adds, where its range test would run at every step), which the default schedules
@@ -52,8 +52,9 @@ from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from . import ledger
 from .channel_split import _ints
-from .channel_shuffle import (ELEMENTWISE_OPS, PER_CHANNEL_BINARY_OPS, _i64, _relax_functions,
-                              _static_shape, gathered_conv2d)
+from .channel_shuffle import (ELEMENTWISE_OPS, PER_CHANNEL_BINARY_OPS, _relax_functions,
+                              _static_shape)
+from .gathered_conv import gathered_conv2d, i64
 
 MAX_SINK_STEPS = 64  # per function: a take crosses a few operators (v2: dw conv, add, conv)
 
@@ -205,10 +206,10 @@ def _ranged_conv(conv: relax.Call, runs, weight: tvm.ir.Constant):
     if len(dtypes) != 1 or any(shape[:3] != (n, h, w) for shape in shapes):
         return None
     dtype = dtypes.pop()
-    placeholders = [te.placeholder(_i64(*shape), dtype, name=f"range_source{i}")
+    placeholders = [te.placeholder(i64(*shape), dtype, name=f"range_source{i}")
                     for i, shape in enumerate(shapes)]
     w_shape = _static_shape(weight)
-    kernel = te.placeholder(_i64(*w_shape), str(weight.ty.dtype), name="weight")
+    kernel = te.placeholder(i64(*w_shape), str(weight.ty.dtype), name="weight")
     starts, position = [], 0
     for source, first, last in runs:
         starts.append(position)

@@ -32,8 +32,9 @@ import tvm
 from tvm import relax, te, tirx
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
-from .channel_shuffle import _i64, _relax_functions
+from .channel_shuffle import _relax_functions
 from .channel_shuffle import _static_shape as _shape
+from .gathered_conv import i64
 
 EPILOGUE_UNARY = ("relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh", "relax.nn.silu")
 EPILOGUE_BINARY = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide")
@@ -41,10 +42,10 @@ EPILOGUE_BINARY = ("relax.add", "relax.subtract", "relax.multiply", "relax.divid
 
 def _group_conv_prim_func(shape5: tuple[int, ...], groups: int, cig: int, cog: int,
                           dtype: str) -> tirx.PrimFunc:
-    data = te.placeholder(_i64(*shape5), dtype, name="data")
-    weight = te.placeholder(_i64(groups, cig, cog), dtype, name="weight")
-    k = te.reduce_axis(_i64(0, cig), name="k")
-    out = te.compute(_i64(*shape5[:3], groups, cog),
+    data = te.placeholder(i64(*shape5), dtype, name="data")
+    weight = te.placeholder(i64(groups, cig, cog), dtype, name="weight")
+    k = te.reduce_axis(i64(0, cig), name="k")
+    out = te.compute(i64(*shape5[:3], groups, cog),
                      lambda n, h, w, g, o: te.sum(data[n, h, w, g, k] * weight[g, k, o], axis=k),
                      name="conv2d_nhwgc")
     return te.create_prim_func([data, weight, out]).without_attr("global_symbol")
