@@ -400,10 +400,11 @@ def _compute_locations(mod: tvm.IRModule, trace, anchors: list, guess: int = 0):
     """``trace`` with each SampleComputeLocation at the first of ``anchors`` (the register
     block's outer loop, then the loops around it, inner first) that is one of its choices,
     else at the root (a copy of its own, never inlined into the multiply-add loop); a loop of
-    one iteration was never among the choices (MetaSchedule's) in kernels looked at. A choice is an index into the
-    producer's valid locations, outermost first: each is tried, ``guess`` first, until the
-    sampled loop is the first anchor, else all are and the innermost anchor found wins (a trace
-    applied to a schedule makes new random variables: they are matched by position)."""
+    one iteration was never one of MetaSchedule's choices in the kernels looked at. A choice
+    is an index into the producer's valid locations, outermost first: each is tried, ``guess``
+    first, until the sampled loop is the first anchor, else all are and the innermost anchor
+    found wins (a trace applied to a schedule makes new random variables: they are matched by
+    position)."""
     from tvm import s_tir
 
     positions = [_rv_position(trace, loop) for loop in anchors if loop is not None]

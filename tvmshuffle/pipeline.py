@@ -11,9 +11,8 @@ the channels-last layout (NHWC data, HWIO weights; TVM's ``ConvertLayout``, weig
 at compile time), each channel shuffle fused into the convolution that consumes it
 (``passes/channel_shuffle.py``), each remaining constant channel gather moved into the next
 dense convolution's weights (``passes/channel_ranges.py``), and, in the default NHWGC layout,
-each 1x1 group convolution
-given the group as an axis of its own (``passes/group_axis.py``; 3.5-12.5% faster ShuffleNets
-once tuned, benchmarks/RESULTS.md).
+each 1x1 group convolution given the group as an axis of its own (``passes/group_axis.py``;
+3.5-12.5% faster ShuffleNets once tuned, benchmarks/RESULTS.md).
 
 Why channels-last: a 1x1 convolution in NCHW vectorizes along the image width, which is 7-28
 pixels in ShuffleNet's later stages, so most vector lanes are masked or wasted; in NHWC it

@@ -24,8 +24,8 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
-from .channel_shuffle import _relax_functions
 from .channel_shuffle import _static_shape as _shape
+from .channel_shuffle import rewrite_functions
 
 KERNEL_BLOCK = "conv2d_nhwgc"  # the block group_axis's kernel computes in
 
@@ -116,13 +116,7 @@ def _rewrite(mod: tvm.IRModule, name: str, builder: relax.BlockBuilder) -> relax
 def bias_init(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Every group_axis convolution followed by a per-channel constant add: one convolution
     whose accumulators start at the constant."""
-    mod = mod.clone()  # the caller's module stays as it was
-    for name in _relax_functions(mod):
-        builder = relax.BlockBuilder(mod)
-        rewritten = _rewrite(mod, name, builder)
-        mod = builder.get()
-        mod[name] = rewritten
-    return relax.transform.DeadCodeElimination()(mod)
+    return rewrite_functions(mod, _rewrite)
 
 
 def _init_reads(func: tvm.tirx.PrimFunc) -> set[int]:

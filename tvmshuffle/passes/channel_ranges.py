@@ -5,21 +5,22 @@ What it does. ``channel_split`` leaves each tensor a ShuffleNet v2 unit reads as
 channel ranges of earlier branch outputs (2-8 ranges), the order of the shuffle in the reading
 convolution's weights, and, where a depthwise convolution reads the stage's output (the
 stride-2 units' left branch), a ``take`` of the shuffle's order after it. Each was a kernel
-that only moves data (ShuffleNet v2 1.0x: 18 of them, called once each). Two rewrites, in the
-channels-last module after ``ConvertLayout``, remove them:
+that only moves data (ShuffleNet v2 1.0x: 18 of them, called once each). Two rewrites of the
+channels-last module remove them:
 
-1. ``sink``: ``take(x, I, axis=3)`` of a constant permutation ``I`` is moved forward past what
-   works channel by channel — a depthwise convolution (its weights and so its output channels
-   permuted: ``dw(take(x, I), W) = take(dw(x, W[..., I^-1]), I)``), an add / subtract /
-   multiply / divide by a per-channel constant (permuted), an element-wise activation — into
-   the next convolution with groups = 1, which absorbs it in its weights' input channels
-   (``conv(take(x, I), W) = conv(x, W[:, :, I^-1, :])``). Exact; no gather is left.
-2. ``fuse``: ``conv2d(concat([x1[..., a1:b1], x2, ...], axis=3), W)`` becomes one kernel
-   (``gathered_conv.gathered_conv2d``) whose input stage reads each channel from its range:
-   the concat is neither a kernel nor a tensor. The stage is the padding copy a convolution
-   with a window makes anyway; a 1x1 convolution gets one too (not inlined into the
-   multiply-adds, where its range test would run at every step), which the default schedules
-   compute per register block, for the block's pixels and all input channels
+1. ``sink`` (a graph pass, every target): ``take(x, I, axis=3)`` of a constant permutation
+   ``I`` is moved forward past what works channel by channel — a depthwise convolution (its
+   weights and so its output channels permuted: ``dw(take(x, I), W) = take(dw(x, W[...,
+   I^-1]), I)``), an add / subtract / multiply / divide by a per-channel constant (permuted),
+   an element-wise activation — into the next convolution with groups = 1, which absorbs it in
+   its weights' input channels (``conv(take(x, I), W) = conv(x, W[:, :, I^-1, :])``). Exact;
+   no gather is left.
+2. ``fuse`` (``pipeline.fuse``, x86): ``conv2d(concat([x1[..., a1:b1], x2, ...], axis=3), W)``
+   becomes one kernel (``gathered_conv.gathered_conv2d``) whose input stage reads each channel
+   from its range: the concat is neither a kernel nor a tensor. The stage is the padding copy
+   a convolution with a window makes anyway; a 1x1 convolution gets one too (not inlined into
+   the multiply-adds, where its range test would run at every step), which the default
+   schedules compute per register block, for the block's pixels and all input channels
    (``defaults.default_schedule``): a copy that stays in cache instead of a pass over memory.
 
 Why this design and not producers writing into one shared buffer (the issue's ideal): with v2
@@ -30,15 +31,19 @@ consumer one copy of its own input per register block, the same work as the padd
 already had (1x1 readers: a block of a few pixels by all input channels). Measured with the
 default schedules on one Xeon core (benchmarks/RESULTS.md, session 27): ShuffleNet v2 1.0x
 6.16 -> 6.04 ms against the gather kernels (their 0.32 ms of kernel time gone, the 1x1
-readers 2-5 us slower a call in stage 3, where they read up to 6 ranges), 1.03-1.05x the same
-network with its shuffles deleted. Tried and not kept: the range test inlined into the
+readers 2-5 us slower a call in stage 3, where they read up to 6 ranges), 1.03-1.06x the same
+network with its shuffles deleted; tuned briefly, more (its readers are tuning tasks of their
+own). On NEON the range copy, a test a channel at a time, ran 1.6-2.1x a plain reader's
+instructions (v2 1.0x 78.1 M against 59.8 M with the concat kernels, which are vectorized
+copies there): NEON keeps them. Tried and not kept: the range test inlined into the
 multiply-adds, the reduction loop split at the ranges' bounds where it ran whole (the network
 2.6x slower: a reader whose reduction is tiled in two kept the test in every multiply-add, 24x
 slower; the split ones 15-40% slower), and the copy's channel loop split at the bounds (no
 change in the network, two runs).
 
 Preconditions: static shapes, constants bound, NHWC convolutions with HWIO weights (what
-``graph_passes`` makes); runs after ``take_channels_last``. Anything else is left alone: a
+``graph_passes`` makes; ``sink`` runs after ``take_channels_last``, ``fuse`` before
+legalization). Anything else is left alone: a
 ``take`` that is not a permutation of the whole channel axis, a concat along another axis, a
 convolution whose weights are not constant.
 """
@@ -53,7 +58,7 @@ from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 from . import ledger
 from .channel_split import _ints
 from .channel_shuffle import (ELEMENTWISE_OPS, PER_CHANNEL_BINARY_OPS, _relax_functions,
-                              _static_shape)
+                              _static_shape, rewrite_functions)
 from .gathered_conv import gathered_conv2d, i64
 
 MAX_SINK_STEPS = 64  # per function: a take crosses a few operators (v2: dw conv, add, conv)
@@ -285,10 +290,4 @@ def sink_channel_take(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
 def fuse_channel_ranges(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Step 2: every concat of channel ranges a convolution reads becomes that convolution's
     input stage."""
-    mod = mod.clone()  # the caller's module stays as it was
-    for name in _relax_functions(mod):
-        builder = relax.BlockBuilder(mod)
-        rewritten = _fuse(mod, name, builder)
-        mod = builder.get()
-        mod[name] = rewritten
-    return relax.transform.DeadCodeElimination()(mod)
+    return rewrite_functions(mod, _fuse)

@@ -336,6 +336,19 @@ def _relax_functions(mod: tvm.IRModule) -> list[str]:
             if isinstance(f, relax.Function) and not f.attrs.get("Primitive", False)]
 
 
+def rewrite_functions(mod: tvm.IRModule, rewrite) -> tvm.IRModule:
+    """``rewrite(module, name, builder)`` -> the new function, for every Relax function of a
+    copy of ``mod`` (the caller's module stays as it was), the kernels it makes added through
+    ``builder``; dead code removed."""
+    mod = mod.clone()
+    for name in _relax_functions(mod):
+        builder = relax.BlockBuilder(mod)
+        rewritten = rewrite(mod, name, builder)
+        mod = builder.get()
+        mod[name] = rewritten
+    return relax.transform.DeadCodeElimination()(mod)
+
+
 @tvm.transform.module_pass(opt_level=0, name="tvmshuffle.SinkChannelShuffle")
 def sink_channel_shuffle(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Step 1: identity shuffles removed, permutations moved past per-channel operators."""
@@ -348,10 +361,4 @@ def sink_channel_shuffle(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
 @tvm.transform.module_pass(opt_level=0, name="tvmshuffle.FuseChannelShuffle")
 def fuse_channel_shuffle(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Step 2: every permutation feeding a conv2d becomes that conv's permuted input read."""
-    mod = mod.clone()  # the caller's module stays as it was
-    for name in _relax_functions(mod):
-        builder = relax.BlockBuilder(mod)
-        rewritten = _fuse(mod, name, builder)
-        mod = builder.get()
-        mod[name] = rewritten
-    return relax.transform.DeadCodeElimination()(mod)
+    return rewrite_functions(mod, _fuse)

@@ -32,8 +32,8 @@ import tvm
 from tvm import relax, te, tirx
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
-from .channel_shuffle import _relax_functions
 from .channel_shuffle import _static_shape as _shape
+from .channel_shuffle import rewrite_functions
 from .gathered_conv import i64
 
 EPILOGUE_UNARY = ("relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh", "relax.nn.silu")
@@ -167,10 +167,5 @@ def _sink_reshapes(func: relax.Function) -> relax.Function:
 @tvm.transform.module_pass(opt_level=0, name="tvmshuffle.GroupAxis")
 def group_axis(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Every eligible 1x1 group convolution in the NHWGC form, its epilogue with it."""
-    mod = mod.clone()  # the caller's module stays as it was
-    for name in _relax_functions(mod):
-        builder = relax.BlockBuilder(mod)
-        rewritten = _rewrite_convs(mod[name], builder)
-        mod = builder.get()
-        mod[name] = _sink_reshapes(rewritten)
-    return relax.transform.DeadCodeElimination()(mod)
+    return rewrite_functions(
+        mod, lambda module, name, builder: _sink_reshapes(_rewrite_convs(module[name], builder)))
