@@ -191,3 +191,17 @@ def test_neon_keeps_the_concat_kernels():
     assert not any("ranged" in n for n in names["arm"]), names
     assert any("concatenate" in n for n in names["arm"]), names
     assert not any("take" in n for kernels in names.values() for n in kernels), names
+
+
+def test_compile_summary_names_only_the_rewrites_counted():
+    from tvmshuffle import report
+
+    said = report.channel_passes_done({"split_regions_rebuilt": 16,
+                                       "split_regions_in_conv_weights": 14,
+                                       "split_regions_gathered": 2,
+                                       "ranges_read_by_convolutions": 0,
+                                       "gathers_folded_into_weights": 2})
+    assert said == ("16 v2 split/concat/shuffle outputs rebuilt from the branches (14 in "
+                    "convolution weights, 2 gathered); 2 channel gathers folded into convolution "
+                    "weights"), said
+    assert report.channel_passes_done({"ranges_read_by_convolutions": 0}) == ""

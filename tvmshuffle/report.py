@@ -189,33 +189,31 @@ def compile_summary(manifest: dict, out_dir: str) -> None:
               f"({manifest['library']['bytes'] / 1e6:.1f} MB), {out_dir}/manifest.json")
 
 
+# what each counted rewrite of the channel passes is called, in the order said
+_PASS_PHRASES = {
+    "shuffles_fused_into_convolutions": "{n} shuffles fused into the convolutions that read them",
+    "shuffles_written_by_producers": "{n} of them then written shuffled by the convolutions "
+                                     "before them",
+    "identity_shuffles_removed": "{n} one-group shuffles removed",
+    "split_regions_rebuilt": "{n} v2 split/concat/shuffle outputs rebuilt from the branches "
+                             "({split_regions_in_conv_weights} in convolution weights, "
+                             "{split_regions_gathered} gathered)",
+    "ranges_read_by_convolutions": "{n} concats of channel ranges read by the convolutions "
+                                   "themselves",
+    "gathers_folded_into_weights": "{n} channel gathers folded into convolution weights",
+    "constant_takes_as_slices": "{n} constant gathers made slices",
+}
+
+
 def channel_passes_done(counts: dict | None) -> str:
     """What the channel passes rewrote, in words (manifest ``channel_passes``); "" for nothing.
     Only rewrites the passes counted as they made them are named."""
     if not counts:
         return ""
-    said = []
-    if counts.get("shuffles_fused_into_convolutions"):
-        said.append(f"{counts['shuffles_fused_into_convolutions']} shuffles fused into the "
-                    "convolutions that read them")
-    if counts.get("shuffles_written_by_producers"):
-        said.append(f"{counts['shuffles_written_by_producers']} of them then written shuffled "
-                    "by the convolutions before them")
-    if counts.get("identity_shuffles_removed"):
-        said.append(f"{counts['identity_shuffles_removed']} one-group shuffles removed")
-    if counts.get("split_regions_rebuilt"):
-        said.append(f"{counts['split_regions_rebuilt']} v2 split/concat/shuffle outputs rebuilt "
-                    f"from the branches ({counts.get('split_regions_in_conv_weights', 0)} in "
-                    f"convolution weights, {counts.get('split_regions_gathered', 0)} gathered)")
-    if counts.get("ranges_read_by_convolutions"):
-        said.append(f"{counts['ranges_read_by_convolutions']} concats of channel ranges read "
-                    "by the convolutions themselves")
-    if counts.get("gathers_folded_into_weights"):
-        said.append(f"{counts['gathers_folded_into_weights']} channel gathers folded into "
-                    "convolution weights")
-    if counts.get("constant_takes_as_slices"):
-        said.append(f"{counts['constant_takes_as_slices']} constant gathers made slices")
-    return "; ".join(said)
+    parts = {"split_regions_in_conv_weights": counts.get("split_regions_in_conv_weights", 0),
+             "split_regions_gathered": counts.get("split_regions_gathered", 0)}
+    return "; ".join(phrase.format(n=counts[event], **parts)
+                     for event, phrase in _PASS_PHRASES.items() if counts.get(event))
 
 
 def run_json(manifest: dict, result, kernels=None) -> dict:
