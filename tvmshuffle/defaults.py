@@ -462,7 +462,8 @@ def default_schedule(mod: tvm.IRModule, target: tvm.target.Target) -> Default | 
         return None
     cores = int(target.attrs.get("num-cores", 1))
     # NEON: a window's padded copy is part of the block's cost (x86's blocks were timed)
-    window = None if memory_operands else window_of(mod)
+    kernel_window = window_of(mod)
+    window = None if memory_operands else kernel_window
     for design in spaces:
         trace = design.trace
         choice = _tile_choice(trace, reads, regs, cores, memory_operands, window)
@@ -483,7 +484,7 @@ def default_schedule(mod: tvm.IRModule, target: tvm.target.Target) -> Default | 
         # copied once for all of them
         anchors, guess = [s1_loop], 2 * len(block) - 1
         pixel_reads = [read for read in reads if len(block) - 1 not in read and read]
-        if pixel_reads and window_of(mod) is None:
+        if pixel_reads and kernel_window is None:
             anchors = s1_loops[max(max(read) for read in pixel_reads)::-1]
             guess -= 1
         trace = _compute_locations(mod, _with_categoricals(trace), anchors, guess)

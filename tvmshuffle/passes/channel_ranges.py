@@ -56,10 +56,10 @@ from tvm import relax, te, tirx
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from . import ledger
-from .channel_split import _ints
+from .channel_split import _bindings, _ints
 from .channel_shuffle import (ELEMENTWISE_OPS, PER_CHANNEL_BINARY_OPS, _relax_functions,
                               _static_shape, rewrite_functions)
-from .gathered_conv import gathered_conv2d, i64
+from .gathered_conv import conv_out_dtype, gathered_conv2d, i64
 
 MAX_SINK_STEPS = 64  # per function: a take crosses a few operators (v2: dw conv, add, conv)
 
@@ -156,20 +156,11 @@ def _sink_step(func: relax.Function) -> tuple[relax.Function, int]:
 
 def _conv_kwargs(conv: relax.Call) -> dict:
     attrs = conv.attrs
-    out_dtype = str(attrs.out_dtype) if attrs.out_dtype is not None else ""
     return {"strides": [int(v) for v in attrs.strides],
             "padding": [int(v) for v in attrs.padding],
             "dilation": [int(v) for v in attrs.dilation], "groups": int(attrs.groups),
             "data_layout": "NHWC", "kernel_layout": "HWIO", "out_layout": "NHWC",
-            "out_dtype": None if out_dtype in ("", "None", "void") else out_dtype}
-
-
-def _bound_values(func: relax.Function) -> dict:
-    body = func.body
-    if not isinstance(body, relax.SeqExpr):
-        return {}
-    return {b.var: b.value for block in body.blocks for b in block.bindings
-            if isinstance(b, relax.VarBinding)}
+            "out_dtype": conv_out_dtype(attrs)}
 
 
 def _runs(fields, bound: dict) -> list[tuple[relax.Expr, int, int]] | None:
@@ -230,19 +221,17 @@ def _ranged_conv(conv: relax.Call, runs, weight: tvm.ir.Constant):
             end = start
         return value
 
-    out_dtype = _conv_kwargs(conv)["out_dtype"] or dtype
-    out = gathered_conv2d((n, h, w, position), dtype, read, kernel,
-                          [int(v) for v in conv.attrs.strides],
-                          [int(v) for v in conv.attrs.padding],
-                          [int(v) for v in conv.attrs.dilation], int(conv.attrs.groups),
-                          out_dtype, "NHWC", "range_pad")
+    kwargs = _conv_kwargs(conv)
+    out = gathered_conv2d((n, h, w, position), dtype, read, kernel, kwargs["strides"],
+                          kwargs["padding"], kwargs["dilation"], kwargs["groups"],
+                          kwargs["out_dtype"] or dtype, "NHWC", "range_pad")
     func = te.create_prim_func([*placeholders, kernel, out]).without_attr("global_symbol")
     return func, sources
 
 
 def _fuse(mod: tvm.IRModule, name: str, builder: relax.BlockBuilder) -> relax.Function:
     func = mod[name]
-    bound = _bound_values(func)
+    bound = {b.var: b.value for b in _bindings(func) if isinstance(b, relax.VarBinding)}
     fields, weight = wildcard(), is_const()
     concat = is_op("relax.concat")(fields)
     pattern = is_op("relax.nn.conv2d")(concat, weight)

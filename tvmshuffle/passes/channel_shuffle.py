@@ -53,7 +53,7 @@ from tvm import relax, te, tirx
 from tvm.relax.dpl import TupleGetItemPattern, is_const, is_op, rewrite_call, wildcard
 
 from . import ledger
-from .gathered_conv import gathered_conv2d, i64
+from .gathered_conv import conv_out_dtype, gathered_conv2d, i64
 
 # Operators with out[..., c, ...] = f(in[..., c, ...]): a channel permutation commutes with them.
 ELEMENTWISE_OPS = ("relax.nn.relu", "relax.nn.silu", "relax.nn.gelu", "relax.nn.selu",
@@ -249,9 +249,7 @@ def _conv_prim_func(call: relax.Call, data: relax.Expr,
     attrs = call.attrs
     x = te.placeholder(i64(*_static_shape(data)), _dtype(data), name="data")
     w = te.placeholder(i64(*_static_shape(call.args[1])), _dtype(call.args[1]), name="weight")
-    # ONNX-imported convolutions leave out_dtype unset ("void"/None): the input dtype then
-    out_dtype = str(attrs.out_dtype) if attrs.out_dtype is not None else ""
-    out_dtype = x.dtype if out_dtype in ("", "None", "void") else out_dtype
+    out_dtype = conv_out_dtype(attrs) or x.dtype
     out = _shuffled_conv2d(x, w, permutation, [int(v) for v in attrs.strides],
                            [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation],
                            int(attrs.groups), out_dtype, str(attrs.data_layout))

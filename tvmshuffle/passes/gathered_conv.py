@@ -66,3 +66,10 @@ def i64(*values: int) -> tuple[tirx.IntImm, ...]:
     """Extents as int64, like the shapes of TVM's legalized operators (FuseTIR needs them
     to agree buffer by buffer)."""
     return tuple(tirx.IntImm("int64", v) for v in values)
+
+
+def conv_out_dtype(attrs) -> str | None:
+    """A Relax conv2d's ``out_dtype``, None when unset (ONNX-imported convolutions leave it
+    "void" or None: the input's dtype then)."""
+    out_dtype = str(attrs.out_dtype) if attrs.out_dtype is not None else ""
+    return None if out_dtype in ("", "None", "void") else out_dtype
